@@ -1,0 +1,38 @@
+"""detprune: structured pruning of convolutional detectors and classifiers.
+
+Public API (imported lazily, so ``import detprune`` stays cheap)::
+
+    detprune.prune(model, example_inputs, ratio=0.3, criterion="l1") -> PruneResult
+    detprune.save(result, path) / detprune.load(path)
+    detprune.evaluate(...)          # mAP@0.5 / top-1
+    detprune.plugins()              # the plugin host
+    detprune.hookimpl               # decorator for plugin hook implementations
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from detprune.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "prune": "detprune.api",
+    "PruneResult": "detprune.api",
+    "save": "detprune.graph.recipe",
+    "load": "detprune.graph.recipe",
+    "evaluate": "detprune.evaluate",
+    "plugins": "detprune.host",
+    "PruningPlan": "detprune.types",
+    "PruneContext": "detprune.types",
+}
+
+__all__ = ["hookimpl", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detprune' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,5 @@
+import sys
+
+from detprune.cli import main
+
+sys.exit(main())

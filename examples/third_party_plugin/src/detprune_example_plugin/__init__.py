@@ -1,0 +1,1 @@
+"""An example third-party detprune plugin (see plugin.py)."""

@@ -1,0 +1,1 @@
+"""Built-in model adapters: one module per model family."""
