@@ -47,10 +47,15 @@ def test_example_plugin_is_listed_and_usable(installed_example):
         "print(tuple(m(*a.example_inputs(2)).shape))\n"
         "c = h.criterion('mean-abs')\n"
         "print(callable(c.score))\n"
+        "from detprune.graph import trace\n"  # the criterion scores a real traced group of its model
+        "grp = trace(m, a.example_inputs(2), protected=tuple(a.protected(m))).prunable_groups()[0]\n"
+        "s = c.score(m, grp, None)\n"
+        "w = m.get_submodule(grp.producers[0].module).weight.detach()\n"
+        "print(tuple(s.shape) == (grp.size,), torch.allclose(s, w.abs().flatten(1).mean(1)))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["(2,", "4)", "True"]
+    assert run.stdout.split() == ["(2,", "4)", "True", "True", "True"]
 
 
 def test_example_plugin_is_gone_after_uninstall():

@@ -1,0 +1,114 @@
+"""``detprune.prune``: trace, score, plan and cut in one call.
+
+    result = detprune.prune(model, (x,), ratio=0.3, criterion="l1", protected=("fc",))
+    result.model            # the smaller nn.Module (a copy; ``model`` is untouched)
+    detprune.save(result, "pruned.pt")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from detprune.graph import ChannelGraph, trace
+from detprune.graph.trace import as_inputs
+from detprune.measure import count_flops, count_params
+from detprune.types import PruneContext, PruningPlan
+
+
+@dataclass
+class PruneResult:
+    """A pruned model with its plan, graph and before/after sizes.
+
+    FLOPs need a forward pass each, so they are counted on first access (of the dense model as
+    it is at that moment, and of the pruned one).
+    """
+
+    model: nn.Module
+    plan: PruningPlan
+    graph: ChannelGraph
+    params_before: int
+    params_after: int
+    builder: dict[str, Any] | None = None
+    dense: nn.Module | None = field(default=None, repr=False)
+    _flops: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def example_inputs(self) -> tuple[Any, ...]:
+        return self.graph.example_inputs
+
+    @property
+    def flops_before(self) -> int:
+        if "before" not in self._flops:
+            if self.dense is None:
+                raise ValueError("the dense model is not available to count its FLOPs")
+            self._flops["before"] = count_flops(self.dense, self.example_inputs)
+        return self._flops["before"]
+
+    @property
+    def flops_after(self) -> int:
+        if "after" not in self._flops:
+            self._flops["after"] = count_flops(self.model, self.example_inputs)
+        return self._flops["after"]
+
+    def summary(self) -> str:
+        return (f"params {self.params_before:,} -> {self.params_after:,} ({self.params_after / self.params_before:.1%}), "
+                f"FLOPs {self.flops_before:,} -> {self.flops_after:,} ({self.flops_after / max(self.flops_before, 1):.1%})")
+
+
+def builder_spec(builder: Any) -> dict[str, Any] | None:
+    """Normalise ``builder`` to ``{"adapter": name, "args": {...}}`` or ``{"callable": "mod:fn", "args": {...}}``."""
+    if builder is None:
+        return None
+    if isinstance(builder, dict):
+        if not ({"adapter", "callable"} & set(builder)):
+            raise ValueError(f"builder must name an 'adapter' or a 'callable', got keys {sorted(builder)}")
+        return {**builder, "args": dict(builder.get("args", {}))}
+    if isinstance(builder, str):
+        key = "callable" if ":" in builder else "adapter"
+        return {key: builder, "args": {}}
+    name, args = getattr(builder, "name", None), getattr(builder, "args", None)
+    if isinstance(name, str) and isinstance(args, dict):  # a model adapter instance
+        return {"adapter": name, "args": dict(args)}
+    raise ValueError(f"cannot record how to rebuild the model from builder {builder!r}")
+
+
+def _criterion(criterion: Any) -> Any:
+    if isinstance(criterion, str):
+        from detprune.host import plugins
+
+        return plugins().criterion(criterion)
+    if not hasattr(criterion, "score"):
+        raise ValueError(f"criterion must be a name or an object with score(model, group, ctx), got {criterion!r}")
+    return criterion
+
+
+def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: Any = "l1",
+          protected: Iterable[str] = (), round_to: int | None = None, global_ranking: bool = False, *,
+          leaves: Sequence[Any] = (), min_keep: float = 0.0, builder: Any = None, inplace: bool = False,
+          check: bool = True, ctx: PruneContext | None = None) -> PruneResult:
+    """Remove ``ratio`` of the channels of every prunable group (or globally), lowest score first.
+
+    :param criterion: a registered criterion name (``detprune plugins``) or an object with
+        ``score(model, group, ctx)``.
+    :param protected: module names whose output channels stay (a detector's output convs).
+    :param round_to: keep channel counts at multiples of this (8 or 16 suit GPU kernels).
+    :param builder: how to rebuild the dense model for :func:`detprune.load` (an adapter
+        instance, ``{"adapter": name, "args": {...}}`` or ``{"callable": "pkg.mod:fn", "args": {...}}``).
+    """
+    inputs = as_inputs(example_inputs)
+    graph = trace(model, inputs, protected=tuple(protected), leaves=tuple(leaves))
+    crit = _criterion(criterion)
+    ctx = ctx or PruneContext(example_inputs=inputs, ratio=ratio, round_to=round_to, global_ranking=global_ranking,
+                              min_keep=min_keep, criterion=criterion if isinstance(criterion, str) else type(criterion).__name__)
+    with torch.no_grad():
+        scores = {g.id: crit.score(model, g, ctx) for g in graph.prunable_groups()}
+    plan = graph.plan(scores, ratio, round_to=round_to, global_ranking=global_ranking, min_keep=min_keep)
+    plan.meta["criterion"] = ctx.criterion
+    params_before = count_params(model)
+    pruned = graph.apply(model, plan, inplace=inplace, check=check)
+    return PruneResult(model=pruned, plan=plan, graph=graph, params_before=params_before,
+                       params_after=count_params(pruned), builder=builder_spec(builder),
+                       dense=None if inplace else model)
