@@ -87,6 +87,7 @@ class PruneContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    graph: "ChannelGraph | None" = None  # the dense model's graph, set by the pipeline before compensating
 
 
 @runtime_checkable
