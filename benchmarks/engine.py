@@ -11,11 +11,13 @@ cell is the median of ``--repeat`` runs on fresh copies (the machine may be shar
     python benchmarks/engine.py                      # full zoo at 224x224 (inception_v3 at 299)
     python benchmarks/engine.py --quick              # five models at 64x64
     python benchmarks/engine.py --models resnet18,shufflenet_v2_x1_0 --fx
+    python benchmarks/engine.py --models yolo_toy --detectors --size 320   # detprune's YOLOv3 and CenterNet
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import sys
 import time
@@ -35,6 +37,7 @@ ZOO = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small",
        "shufflenet_v2_x1_0", "efficientnet_b0", "regnet_y_400mf", "resnext50_32x4d", "squeezenet1_1",
        "inception_v3", "yolo_toy"]
 QUICK = ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "googlenet", "yolo_toy"]
+DETECTORS = ["yolov3", "centernet-resnet18"]
 EXTRA = {"googlenet": {"aux_logits": False, "init_weights": True},
          "inception_v3": {"aux_logits": False, "init_weights": True}}
 
@@ -45,6 +48,9 @@ def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
         from zoo import YoloToy
 
         return YoloToy(nc=10, w=32).eval(), torch.rand(1, 3, size, size)
+    if name in DETECTORS:  # detprune's own model adapters (plugins/models)
+        adapter = detprune.plugins().adapter(name, img_size=size)
+        return adapter.build().eval(), adapter.example_inputs(1)[0]
     model = getattr(torchvision.models, name)(weights=None, **EXTRA.get(name, {})).eval()
     if name == "inception_v3":  # its stem needs at least 75x75; 299 is its native size
         size = 299 if size >= 224 else max(size, 75)
@@ -88,7 +94,9 @@ def attempt(fn, dense: nn.Module, x: torch.Tensor, ref_shapes, repeat: int) -> d
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(repeat):
-                seconds, pruned = fn(copy.deepcopy(dense))
+                fresh = copy.deepcopy(dense)
+                gc.collect()  # a garbage collection of earlier copies must not land inside a timing
+                seconds, pruned = fn(fresh)
                 times.append(seconds)
         seconds = statistics.median(times)
         with torch.no_grad():
@@ -105,6 +113,7 @@ def fx_trace(model: nn.Module, x: torch.Tensor) -> tuple[bool, float, str]:
     """torch.fx.symbolic_trace + ShapeProp (the shapes an fx-based engine would need)."""
     from torch.fx.passes.shape_prop import ShapeProp
 
+    gc.collect()
     t0 = time.perf_counter()
     try:
         gm = torch.fx.symbolic_trace(model)
@@ -115,7 +124,23 @@ def fx_trace(model: nn.Module, x: torch.Tensor) -> tuple[bool, float, str]:
         return False, time.perf_counter() - t0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
 
 
+def export_time(model: nn.Module, x: torch.Tensor) -> tuple[bool, float, str]:
+    """torch.export (non-strict): the ATen-level alternative to run-time capture."""
+    import contextlib
+    import io
+
+    gc.collect()
+    t0 = time.perf_counter()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torch.export.export(model, (x,), strict=False)
+        return True, time.perf_counter() - t0, ""
+    except Exception as exc:  # noqa: BLE001
+        return False, time.perf_counter() - t0, f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+
+
 def capture_time(model: nn.Module, x: torch.Tensor) -> float:
+    gc.collect()
     t0 = time.perf_counter()
     trace(model, x)
     return time.perf_counter() - t0
@@ -123,21 +148,23 @@ def capture_time(model: nn.Module, x: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", help="comma-separated subset of: " + ",".join(ZOO))
+    ap.add_argument("--models", help="comma-separated subset of: " + ",".join(ZOO + DETECTORS))
+    ap.add_argument("--detectors", action="store_true", help="add the YOLOv3 and CenterNet adapters to the list")
     ap.add_argument("--quick", action="store_true", help="five models at 64x64")
     ap.add_argument("--size", type=int, default=None, help="input size (default 224, 64 with --quick)")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
-    ap.add_argument("--fx", action="store_true", help="also time torch.fx.symbolic_trace + ShapeProp vs detprune's capture")
+    ap.add_argument("--fx", action="store_true", help="also time torch.fx.symbolic_trace + ShapeProp and torch.export vs detprune's capture")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs per library and model; the median is shown")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.models.split(",") if args.models else (QUICK if args.quick else ZOO)
+    names += DETECTORS if args.detectors else []
     size = args.size or (64 if args.quick else 224)
-    unknown = [n for n in names if n not in ZOO]
+    unknown = [n for n in names if n not in ZOO + DETECTORS]
     if unknown:
-        ap.error(f"unknown model(s) {unknown}; choose from {ZOO}")
+        ap.error(f"unknown model(s) {unknown}; choose from {ZOO + DETECTORS}")
 
     warm, wx = build("resnet18", 32)  # first-call costs (lazy imports, kernels) are paid here for both
     run_detprune(copy.deepcopy(warm), wx, args.ratio)
@@ -150,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tp:
         head += f" | {'TP':>8s} {'s':>6s} {'kept':>6s} {'shapes':>6s} | {'dp/TP':>6s}"
     if args.fx:
-        head += f" | {'capture s':>9s} {'fx':>4s} {'fx s':>6s}"
+        head += f" | {'capture s':>9s} {'fx':>4s} {'fx s':>6s} {'export':>6s} {'exp s':>6s}"
     print(head)
     print("-" * len(head))
     tot = {"dp": 0.0, "tp": 0.0, "dp_ok": 0, "tp_ok": 0, "both": 0, "both_dp": 0.0, "both_tp": 0.0}
@@ -182,9 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.fx:
             cap = capture_time(dense, x)
             ok, fx_s, err = fx_trace(copy.deepcopy(dense), x)
-            row += f" | {cap:9.3f} {'ok' if ok else 'FAIL':>4s} {fx_s:6.3f}"
+            eok, ex_s, eerr = export_time(copy.deepcopy(dense), x)
+            row += f" | {cap:9.3f} {'ok' if ok else 'FAIL':>4s} {fx_s:6.3f} {'ok' if eok else 'FAIL':>6s} {ex_s:6.2f}"
             if err:
                 notes.append(f"{name}: torch.fx: {err}")
+            if eerr:
+                notes.append(f"{name}: torch.export: {eerr}")
         print(row, flush=True)
     print("-" * len(head))
     line = f"{'total':20s} | {tot['dp_ok']:>5d}/{len(names):<2d} {tot['dp']:6.2f}"

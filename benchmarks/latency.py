@@ -3,6 +3,8 @@
 For one model, dense vs pruned (L1, ``--ratio``, default 0.5), with and without ``round_to``,
 at batch 1 and 16, in each latency mode: prints FLOPs cut (dense / pruned), latency speedup
 (dense / pruned) and realized = speedup / FLOPs cut (1.0 = every FLOP removed is time saved).
+Dense and pruned models are timed in alternating rounds (``--rounds``), so a load change on a shared
+machine hits both alike; each cell is the median over rounds of per-round medians.
 On a GPU the deploy mode is a replayed CUDA graph (``--modes eager,cuda-graph,compile``); on the
 CPU, ``onnxruntime`` is the deploy mode.
 
@@ -13,6 +15,7 @@ CPU, ``onnxruntime`` is the deploy mode.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -40,6 +43,16 @@ def build(name: str, size: int) -> tuple[nn.Module, tuple[str, ...], str]:
     return model, tuple(adapter.protected(model)), f"adapter {name} {adapter.args}"
 
 
+def interleaved(models: dict, x: torch.Tensor, mode: str, device: str, warmup: int, iters: int, rounds: int) -> dict:
+    """Median latency per model, measured in alternating rounds so load changes hit all alike."""
+    per: dict = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            lat = measure_latency(m, x, warmup=warmup, iters=max(1, iters // rounds), mode=mode, device=device)
+            per[k].append(lat.median_ms)
+    return {k: statistics.median(v) for k, v in per.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet50", help="torchvision name, yolo_toy, or a model adapter (yolov3 ...)")
@@ -53,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--half", action="store_true", help="fp16 on the GPU")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=4, help="alternate dense and pruned runs this many times")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -82,17 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         for b in batches:
             x = torch.rand(b, 3, size, size, dtype=dtype)
+            models = {"dense": dense.to(dtype), **{r: pruned[r][0].to(dtype) for r in rounds}}
             try:
-                t_dense = measure_latency(dense.to(dtype), x, warmup=warmup, iters=iters, mode=mode, device=args.device).median_ms
+                times = interleaved(models, x, mode, args.device, warmup, iters, args.rounds)
             except Exception as exc:  # noqa: BLE001 - a mode may be unavailable here
                 print(f"{mode:11s} {b:5d}  skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}")
                 continue
             for r in rounds:
-                model, cut, kept = pruned[r]
-                t = measure_latency(model.to(dtype), x, warmup=warmup, iters=iters, mode=mode, device=args.device).median_ms
-                speedup = t_dense / t
-                print(f"{mode:11s} {b:5d} {str(r):>8s} | {t_dense:9.2f} {t:9.2f} | {kept:6.3f} {cut:9.2f} {speedup:7.2f} {speedup / cut:8.2f}",
-                      flush=True)
+                _, cut, kept = pruned[r]
+                speedup = times["dense"] / times[r]
+                print(f"{mode:11s} {b:5d} {str(r):>8s} | {times['dense']:9.2f} {times[r]:9.2f} | {kept:6.3f} {cut:9.2f} "
+                      f"{speedup:7.2f} {speedup / cut:8.2f}", flush=True)
     return 0
 
 

@@ -103,6 +103,8 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: 
     crit = _criterion(criterion)
     ctx = ctx or PruneContext(example_inputs=inputs, ratio=ratio, round_to=round_to, global_ranking=global_ranking,
                               min_keep=min_keep, criterion=criterion if isinstance(criterion, str) else type(criterion).__name__)
+    if getattr(ctx, "graph", None) is None and hasattr(ctx, "graph"):
+        ctx.graph = graph
     with torch.no_grad():
         scores = {g.id: crit.score(model, g, ctx) for g in graph.prunable_groups()}
     plan = graph.plan(scores, ratio, round_to=round_to, global_ranking=global_ranking, min_keep=min_keep)

@@ -37,13 +37,10 @@ def count_params(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, inputs: Any) -> int:
     """2·MAC of one eval-mode forward pass on ``inputs``."""
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*_as_tuple(inputs))
-    finally:
-        model.train(was_training)
+    from detprune.graph.capture import evaluating
+
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(*_as_tuple(inputs))
     return int(counter.get_total_flops())
 
 

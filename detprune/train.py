@@ -13,9 +13,16 @@ One optimiser step, and when each pruner callback fires (../shared/DESIGN.md, "P
     scaler.scale(loss).backward()                  # DDP all-reduces gradients here
     scaler.unscale_(optimizer)                     # fp16 only: true gradients from here on
     pruner.on_after_backward(model)                # e.g. Network Slimming's s*sign(gamma) (§3.3)
-    clip_grad_norm_(...); scaler.step(optimizer); scheduler.step(); ema.update(model)
+    clip_grad_norm_(...); scaler.step(optimizer)
+    pruner.on_after_step(model)                    # weights just stepped; e.g. MFP's hard mode re-masks
+    scheduler.step(); ema.update(model)
     ... after the last batch of epoch e (0-based): pruner.on_epoch_end(model, e)  # e.g. MFP
     ... then evaluation (every ``eval_every`` epochs and at the last), then checkpoints.
+
+A pruner with ``train_step(model, batch, adapter, forward, backward) -> (loss, parts)`` replaces the
+first three lines (forward, loss, backward) and ``loss_term``: it may run several forwards (``forward(images)``:
+the wrapped model under autocast, fp32 outputs) and call ``backward(loss)`` once per forward, so gradients
+accumulate into the one optimiser step that follows (AutoSlim's sandwich rule); the returned loss is logged.
 
 Callbacks receive the bare model (never the DDP wrapper) and run on every rank: they must act
 identically on each (they see identical weights and all-reduced gradients).
@@ -184,7 +191,9 @@ class Trainer:
         """One pass over the training loader; returns the epoch's metrics row (no eval, no saving)."""
         c, pruner = self.cfg, self.pruner
         loss_term = getattr(pruner, "loss_term", None)
+        train_step = getattr(pruner, "train_step", None)
         after_backward = getattr(pruner, "on_after_backward", None)
+        after_step = getattr(pruner, "on_after_step", None)
         self.net.train()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite
         parts: dict[str, float] = {}
@@ -193,14 +202,14 @@ class Trainer:
                    disable=not (c.progress and D.is_main()), dynamic_ncols=True)
         for i, batch in enumerate(self.train_loader):
             images, targets, batch = self._to_device(batch)
-            with autocast(self.device, self.amp_dtype):
-                outputs = self.net(images)
-            if self.amp_dtype is not None:
-                outputs = to_float32(outputs)
-            loss, named = self.adapter.loss(outputs, targets)
-            if loss_term is not None:
-                loss = loss + loss_term(self.model, outputs, batch)
-            self.scaler.scale(loss).backward()
+            if train_step is not None:  # the pruner owns forward, loss and backward (AutoSlim's sandwich)
+                loss, named = train_step(self.model, batch, self.adapter, self._forward, self._backward)
+            else:
+                outputs = self._forward(images)
+                loss, named = self.adapter.loss(outputs, targets)
+                if loss_term is not None:
+                    loss = loss + loss_term(self.model, outputs, batch)
+                self._backward(loss)
             if self.scaler.is_enabled():
                 self.scaler.unscale_(self.optimizer)  # callbacks and clipping see true gradients
             if after_backward is not None:
@@ -209,6 +218,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), c.clip_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if after_step is not None:
+                after_step(self.model)
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step += 1
@@ -237,6 +248,16 @@ class Trainer:
         row.update({k: v / n for k, v in zip(keys, totals[2:])})
         row.update({"img_per_s": images_seen * D.world_size() / max(elapsed, 1e-9), "epoch_s": elapsed})
         return row
+
+    def _forward(self, images: torch.Tensor) -> Any:
+        """The (DDP-wrapped) model on ``images`` under autocast; fp32 outputs."""
+        with autocast(self.device, self.amp_dtype):
+            outputs = self.net(images)
+        return to_float32(outputs) if self.amp_dtype is not None else outputs
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        """Accumulate ``loss``'s gradients (scaled under fp16); may be called several times per step."""
+        self.scaler.scale(loss).backward()
 
     def _check_finite(self, sums: torch.Tensor, epoch: int, i: int) -> None:
         """Collective check (one small all-reduce per ``log_every`` steps), so every rank stops together."""

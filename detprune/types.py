@@ -106,6 +106,7 @@ class Pruner(Protocol):
     Only ``plan`` is required. Training-time callbacks, when defined, are called by the Trainer:
     ``loss_term(model, outputs, batch) -> Tensor`` (added to the task loss),
     ``on_after_backward(model)`` (after ``loss.backward()``, before ``optimizer.step()``),
+    ``on_after_step(model)`` (right after ``optimizer.step()``: e.g. re-apply a hard mask),
     ``on_epoch_end(model, epoch)`` (after each training epoch, before evaluation).
     """
 

@@ -225,3 +225,22 @@ def test_layers_on_tensors_made_inside_forward_are_followed():
     assert conv.prunable and conv.modules("in") == ["conv2"]
     pruned = graph.apply(model, PruningPlan({conv.id: torch.tensor([1, 4])}))
     assert pruned.conv.out_channels == 2 and run(pruned, (x,))[0].shape == (2, 2, 8, 8)
+
+
+def test_trace_runs_in_eval_mode_and_restores_each_modules_flag():
+    model, x = build("tiny_resnet")
+    model.train()
+    model.layer1[0].bn1.eval()  # a frozen BN inside a training model
+    before = model.layer2[0].bn1.running_mean.clone()
+    trace(model, x)
+    assert model.training and model.layer2[0].bn1.training and not model.layer1[0].bn1.training
+    assert torch.equal(model.layer2[0].bn1.running_mean, before)  # the trace did not update BN statistics
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_scripted_submodules_are_leaves():
+    model, x = build("simple_cnn")
+    model.features[2] = torch.jit.script(model.features[2])
+    graph = trace(model, x)
+    g = next(g for g in graph.groups if "features.1.0" in g.modules("out"))
+    assert not g.prunable and g.reason == "input of leaf module 'features.2'"

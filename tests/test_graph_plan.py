@@ -154,7 +154,7 @@ def programs(draw):
     return program, widths
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(programs(), st.floats(0.1, 0.9), st.integers(0, 2**16))
 def test_random_graphs_prune_equivalently(drawn, ratio, seed):
     program, widths = drawn

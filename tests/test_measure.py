@@ -59,6 +59,7 @@ def test_compiled_latency_on_cpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode", ["eager", "cuda-graph", "compile"])
 def test_gpu_latency_modes(mode):
     lat = measure_latency(_net().cuda(), torch.rand(16, 3, 32, 32, device="cuda"), warmup=3, iters=10, mode=mode)

@@ -96,6 +96,30 @@ def test_each_pruner_callback_fires_at_its_documented_time(tmp_path):
     assert row["train_loss"] - row["ce"] == pytest.approx(5.0, abs=1e-6)  # loss_term is added to the loss
 
 
+def test_on_after_step_runs_after_each_optimizer_step(tmp_path):
+    """A hard mask re-applied here holds: the next forward and the saved weights see it."""
+
+    class HardMask:
+        def __init__(self):
+            self.events, self.before = [], None
+
+        def on_after_backward(self, model):
+            self.before = model[0].weight.detach().clone()
+            self.events.append("after_backward")
+
+        def on_after_step(self, model):
+            assert not torch.equal(model[0].weight, self.before), "the optimiser has stepped"
+            with torch.no_grad():
+                model[0].weight[0].zero_()
+            self.events.append("after_step")
+
+    adapter, mask = TinyAdapter(), HardMask()
+    train, _ = loaders(n_train=24)  # 3 steps per epoch
+    result = Trainer(adapter.build(), adapter, train, None, epochs=2, out_dir=tmp_path, pruner=mask, **FAST).fit()
+    assert mask.events == ["after_backward", "after_step"] * 6
+    assert torch.count_nonzero(result.model[0].weight[0]) == 0
+
+
 def test_on_after_backward_sees_unscaled_gradients_under_fp16_amp(tmp_path):
     """With a GradScaler the raw gradients are multiplied by 65536; the callback must not see that."""
     adapter = TinyAdapter()

@@ -84,7 +84,9 @@ def _score_model(args: argparse.Namespace, card) -> dict[str, Any]:
     from detprune.evaluate import evaluate_classifier, evaluate_model
 
     ds = build_dataset(card, split=args.split, img_size=args.img_size, lenient=args.lenient)
-    size = args.img_size or getattr(ds, "img_size", None) or card.img_size
+    from detprune.data import DEFAULT_IMG_SIZE
+
+    size = args.img_size or getattr(ds, "img_size", None) or card.img_size or DEFAULT_IMG_SIZE[card.task]
     adapter = detprune.plugins().adapter(args.model, num_classes=card.num_classes, img_size=size)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_weights(args.weights, adapter).to(device)

@@ -12,8 +12,10 @@ fixed ids and, per module, which ids each of its channel axes carries.
 """
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +80,20 @@ class Capture:
     output_shapes: list[tuple[int, ...] | None]
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the duration; each module's own ``training`` flag is restored afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    if any(t for _, t in flags):
+        for m, _ in flags:
+            m.training = False
+    try:
+        yield model
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
 def _leaf_matches(name: str, module: nn.Module, leaves: Sequence[Any]) -> bool:
     for leaf in leaves:
         if isinstance(leaf, str):
@@ -93,16 +109,19 @@ class Recorder(TorchFunctionMode):
 
     def __init__(self, model: nn.Module, leaves: Sequence[Any] = ()):
         super().__init__()
-        self.names: dict[int, str] = {id(m): n for n, m in model.named_modules(remove_duplicate=False)}
+        self.names: dict[int, str] = {}
         self.owner: dict[int, tuple[str, str]] = {}
         for mname, m in model.named_modules(remove_duplicate=False):
+            self.names.setdefault(id(m), mname)
             for pname, p in list(m._parameters.items()) + list(m._buffers.items()):
                 if p is not None and id(p) not in self.owner:
                     self.owner[id(p)] = (mname, pname)
         self.leaves = tuple(leaves)
         self.info: dict[int, np.ndarray] = {}
         self.lineage: dict[int, tuple[str, str, int]] = {}
-        self.keep: list[Any] = []  # keeps every seen tensor alive: ids must not be reused
+        # info/lineage are keyed by id(tensor); an entry is dropped when its tensor is freed, so a
+        # recycled id can never inherit channels, and activations are not kept alive by the capture
+        self._watched: set[int] = set()
         self.next_id = 0
         self.sources: list[tuple[int, int, str]] = []
         self.edges: list[tuple[np.ndarray, np.ndarray]] = []
@@ -112,7 +131,6 @@ class Recorder(TorchFunctionMode):
         self.param_slots: dict[tuple[str, str, int], ParamSlot] = {}
         self.stack: list[str] = []
         self.leaf_depth = 0
-        self.leaf_hits: set[str] = set()
         self._order = 0
 
     # ---- the mode -----------------------------------------------------------------------
@@ -146,8 +164,19 @@ class Recorder(TorchFunctionMode):
             return
         if ids.ndim != t.dim():  # an engine bug: say where, so a leaf can route around it
             raise self.error("?", f"internal: id array of rank {ids.ndim} for a tensor of rank {t.dim()}")
-        self.keep.append(t)
+        self.watch(t)
         self.info[id(t)] = ids
+
+    def watch(self, t: torch.Tensor) -> None:
+        key = id(t)
+        if key not in self._watched:
+            self._watched.add(key)
+            weakref.finalize(t, self._forget, key)
+
+    def _forget(self, key: int) -> None:
+        self._watched.discard(key)
+        self.info.pop(key, None)
+        self.lineage.pop(key, None)
 
     def mint(self, n: int, source: str, fixed: str | None = None) -> np.ndarray:
         ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
@@ -215,8 +244,8 @@ class Recorder(TorchFunctionMode):
         if self.leaf_depth:
             self.leaf_depth += 1
             return
-        if self.leaves and _leaf_matches(name, module, self.leaves):
-            self.leaf_hits.add(name)
+        if isinstance(module, torch.jit.ScriptModule) or (self.leaves and _leaf_matches(name, module, self.leaves)):
+            # scripted code runs below torch functions: it is a leaf whether marked or not
             for t in tree_flatten(args)[0]:  # dicts of feature maps too (FPN outputs)
                 ids = self.ids(t)
                 if ids is not None:
@@ -250,17 +279,14 @@ def run_capture(model: nn.Module, inputs: tuple[Any, ...], leaves: Sequence[Any]
         if t.dim() >= 2:  # the model's input channels are fixed; minted so ops can follow them
             ids = rec.mint(t.shape[1], "model input", fixed="model input channels")
             rec.set(t, ids.reshape([1, -1] + [1] * (t.dim() - 2)))
-    was_training = model.training
     h1 = torch.nn.modules.module.register_module_forward_pre_hook(rec.pre_hook)
     h2 = torch.nn.modules.module.register_module_forward_hook(rec.post_hook)
     try:
-        model.eval()
-        with torch.no_grad(), rec:
+        with evaluating(model), torch.no_grad(), rec:
             out = model(*inputs)
     finally:
         h1.remove()
         h2.remove()
-        model.train(was_training)
     flat, spec = tree_flatten(out)
     shapes: list[tuple[int, ...] | None] = []
     for k, t in enumerate(flat):
@@ -280,5 +306,3 @@ def run_capture(model: nn.Module, inputs: tuple[Any, ...], leaves: Sequence[Any]
         output_shapes=shapes,
     )
 
-
-Handler = Callable[["Recorder", str, tuple, dict, Any], None]

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from detprune.errors import GraphError
+from detprune.graph.capture import evaluating
 from detprune.types import PruningPlan
 
 
@@ -30,10 +31,8 @@ def run_forward(graph, model: nn.Module) -> str | None:
 
     pre = torch.nn.modules.module.register_module_forward_pre_hook(push)
     post = torch.nn.modules.module.register_module_forward_hook(pop)
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             out = model(*graph.example_inputs)
     except Exception as exc:  # noqa: BLE001 - any failure of the pruned forward is reported
         where = f" in module '{stack[-1]}'" if stack and stack[-1] else ""
@@ -41,7 +40,6 @@ def run_forward(graph, model: nn.Module) -> str | None:
     finally:
         pre.remove()
         post.remove()
-        model.train(was_training)
     flat, _ = tree_flatten(out)
     shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in flat]
     if shapes != list(graph.output_shapes):

@@ -42,37 +42,32 @@ def structure(group) -> _Structure:
         return cached
     n = group.size
     fixed = group.fixed.numpy().copy()
-    bound_by = np.full(n, -1)
-    binding: dict[int, tuple[int, int, int]] = {}
+    bound_by = np.full(n, -1)  # the constraint that binds a channel to one of its blocks
+    block_of = np.zeros(n, dtype=np.int64)
+    weight_of = np.zeros(n, dtype=np.int64)
     weights, nested = [], False
     for s, (_, blocks) in enumerate(group.blocks):
         w = np.zeros((n, len(blocks)), dtype=np.int64)
         for j, b in enumerate(blocks):
             np.add.at(w[:, j], b.numpy(), 1)
         weights.append(w)
-        touched = np.flatnonzero(w.any(axis=1))
-        for c in touched:
-            row = w[c]
-            if (row == row[0]).all():
-                continue  # present equally in every block: free with respect to this constraint
-            nz = np.flatnonzero(row)
-            if len(nz) != 1 or bound_by[c] not in (-1, s):
-                nested = True
-                continue
-            bound_by[c] = s
-            binding[int(c)] = (s, int(nz[0]), int(row[nz[0]]))
+        uneven = w.any(axis=1) & ~(w == w[:, :1]).all(axis=1)  # even rows are free w.r.t. this constraint
+        single = uneven & ((w > 0).sum(axis=1) == 1)
+        if (uneven & ~single).any() or (single & (bound_by != -1)).any():
+            nested = True  # spread unevenly over blocks, or bound by two constraints
+        take = single & (bound_by == -1)
+        bound_by[take] = s
+        block_of[take] = w[take].argmax(axis=1)
+        weight_of[take] = w[take].max(axis=1)
     if nested and not _have_milp():
         nested = False
         for w in weights:  # without a solver, channels bound by several constraints stay
             fixed |= (w.any(axis=1) & ~(w == w[:, :1]).all(axis=1))
-    keyed: dict[tuple[int, int], dict[int, list[int]]] = {}
-    for c, (s, j, wt) in binding.items():
-        if not fixed[c]:
-            keyed.setdefault((s, wt), {}).setdefault(j, []).append(c)
     buckets = []
-    for (s, _), per_block in sorted(keyed.items()):
-        m = len(group.blocks[s][1])
-        buckets.append([np.array(sorted(per_block.get(j, [])), dtype=np.int64) for j in range(m)])
+    bound = (bound_by >= 0) & ~fixed
+    for s, wt in sorted({(int(a), int(b)) for a, b in zip(bound_by[bound], weight_of[bound])}):
+        sel = bound & (bound_by == s) & (weight_of == wt)
+        buckets.append([np.flatnonzero(sel & (block_of == j)) for j in range(len(group.blocks[s][1]))])
     removable = np.flatnonzero(~fixed & (bound_by == -1))
     st = _Structure(removable, buckets, fixed, weights, nested)
     group._structure = st

@@ -1,11 +1,11 @@
 """``trace(model, example_inputs)``: capture one forward pass and build its ChannelGraph.
 
 Why run-time capture rather than ``torch.fx``: ``symbolic_trace`` fails on models whose forward
-branches on tensor shapes or values (torchvision's detection models, many YOLO heads) and needs
-each such model patched; ``torch.export`` handles those but costs seconds per model and rewrites
-modules into ATen ops whose weights must be mapped back. A ``TorchFunctionMode`` sees every
-torch call of one real eval-mode forward with concrete shapes, Python control flow included,
-at the cost of that one forward (see benchmarks/README.md for the measured comparison).
+branches on tensor shapes or unpacks ``x.size()`` (torchvision's detection models, YOLO-style
+blocks) and needs each such model patched; ``torch.export`` handles more but cost 2-12x the capture
+on the zoo, fails on Faster R-CNN, and rewrites modules into ATen ops whose weights must be mapped
+back. A ``TorchFunctionMode`` sees every torch call of one real eval-mode forward with concrete
+shapes, Python control flow included, at about the cost of fx (benchmarks/README.md).
 """
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def param_lineage(rec, func, args: tuple, kwargs: dict, out: Any) -> None:
     else:
         return
     if sum(1 for s in out.shape if s > 1) == 1 and out.numel() == src.numel():
-        rec.keep.append(out)
+        rec.watch(out)
         rec.lineage[id(out)] = base
 
 

@@ -1,0 +1,215 @@
+"""Fidelity of ThiNet (Luo et al., ICCV 2017): does choosing channels by how well the *next* layer's
+output is reconstructed beat the filter-L1 criterion at the same ratio, before fine-tuning?
+
+The paper's claim (§4.1, different filter selection criteria): at the same compression, ThiNet's
+data-driven choice loses less accuracy than weight-magnitude criteria before any fine-tuning, and
+its least-squares scaling (§3.2) recovers more. Side by side from one trained dense VGG-16 (CIFAR
+variant), two protocols: (a) as §4.1, one conv group at a time loses ``single_ratio`` of its
+channels (13 runs, averaged); (b) every conv group loses ``all_ratio`` at once. Channels go by
+
+* ``l1``: filter L1 norm (Li et al. 2017), one shot - the baseline;
+* ``thinet``: ThiNet's greedy selection on the dense model (one shot, no scaling);
+* ``thinet+lsq``: the same plan, then the ``thinet-lsq`` compensator (§3.2 scaling);
+* ``thinet-layerwise``: §3.1's layer-by-layer strategy (input side first, each layer judged on the
+  network as pruned so far, LSQ scaling; no fine-tuning, so it stays comparable);
+
+((a) uses the first three), and top-1 on the held-out split is measured with no fine-tuning. A second metric, the relative
+squared error of the logits against the dense model (lower is better), shows fidelity where top-1
+is near chance. All methods see the same sampled images (``images`` x 10 locations, seed 0).
+
+Data: the real CIFAR-10 images in ../shared/data/cifar10-sample when present (balanced subsets in
+quick mode, no augmentation), else 10 classes of synthetic colour gratings. ``quick`` finishes in
+about 3 minutes on a shared 2-core CPU (one torch thread); the full run (width 1, all images, 60
+epochs) belongs on a GPU.
+
+    python benchmarks/fidelity_thinet.py [--full] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import TensorDataset
+
+import detprune
+from detprune.distributed import make_loader
+from detprune.evaluate import evaluate_classifier
+from detprune.graph import trace
+from detprune.train import Trainer
+from detprune.types import PruneContext, PruningPlan
+
+CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-sample"
+
+QUICK = dict(args=dict(width=0.25), n_train=2500, n_test=1000, epochs=10, batch=64, lr=0.05, images=256,
+             single_ratio=0.5, all_ratio=0.3, threads=1)
+FULL = dict(args=dict(width=1.0), n_train=None, n_test=None, epochs=60, batch=128, lr=0.1, images=1000,
+            single_ratio=0.5, all_ratio=0.3, threads=None)
+METHODS = ("thinet", "thinet+lsq", "thinet-layerwise")
+
+
+def _cifar(split: str, n: int | None) -> TensorDataset:
+    """A balanced subset (``n`` images, first files of each class) of the CIFAR-10 sample, as tensors."""
+    from detprune.data import build_dataset, load_card
+
+    ds = build_dataset(load_card(CIFAR), split=split)
+    per_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(ds.samples):
+        per_class.setdefault(int(label), []).append(i)
+    take = sorted(i for idx in per_class.values() for i in (idx if n is None else idx[: n // len(per_class)]))
+    return TensorDataset(torch.stack([ds[i][0] for i in take]), torch.tensor([int(ds.samples[i][1]) for i in take]))
+
+
+def _synthetic(n: int, seed: int) -> TensorDataset:
+    """10 classes of oriented colour gratings under noise: learnable, not trivial."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    angle = labels.float()[:, None, None] * (torch.pi / 10)
+    wave = torch.sin((xx * torch.cos(angle) + yy * torch.sin(angle)) * 0.6)
+    colour = torch.stack([(labels + k) % 3 == 0 for k in range(3)], 1).float()[:, :, None, None]
+    images = 0.5 + 0.2 * wave[:, None] * (0.5 + colour) + 0.25 * torch.randn(n, 3, 32, 32, generator=g)
+    return TensorDataset(images.clamp(0, 1), labels)
+
+
+def _data(cfg: dict[str, Any]) -> tuple[TensorDataset, TensorDataset, str]:
+    if CIFAR.is_dir():
+        return _cifar("train", cfg["n_train"]), _cifar("test", cfg["n_test"]), "cifar10-sample"
+    return _synthetic(cfg["n_train"] or 5000, 1), _synthetic(cfg["n_test"] or 2000, 2), "synthetic gratings"
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels of the whole loader (top-1 and the logit error come from one pass)."""
+    dev = next(model.parameters()).device
+    model.eval()
+    out, labels = [], []
+    for x, y in loader:
+        out.append(model(x.to(dev)).float().cpu())
+        labels.append(y)
+    return torch.cat(out), torch.cat(labels)
+
+
+def _plans(dense, graph, ctx) -> dict[str, Any]:
+    """The L1 and ThiNet (one-shot) plans of every conv group at ``ctx.ratio``."""
+    l1 = detprune.plugins().pruner("oneshot", criterion="l1").plan(dense, graph, ctx)
+    thinet = detprune.plugins().pruner("thinet", images=ctx.options["images"], progress=False).plan(dense, graph, ctx)
+    return {"l1": l1, "thinet": thinet}
+
+
+def _score(model, test, ref: torch.Tensor) -> tuple[float, float]:
+    """(top-1, relative squared logit error against the dense model's logits ``ref``)."""
+    logits, labels = _logits(model, test)
+    return float((logits.argmax(1) == labels).float().mean()), float((logits - ref).square().sum() / ref.square().sum())
+
+
+def _single_layers(dense, graph, ctx, test, ref) -> dict[str, list[tuple[float, float]]]:
+    """ThiNet §4.1: prune one group at a time, no fine-tuning; per method, one score per group."""
+    plans = _plans(dense, graph, ctx)
+    lsq = detprune.plugins().compensator("thinet-lsq", progress=False)
+    out: dict[str, list[tuple[float, float]]] = {"l1": [], "thinet": [], "thinet+lsq": []}
+    for g in graph.prunable_groups():
+        for name, full in plans.items():
+            plan = PruningPlan({g.id: full.kept[g.id]}, meta=dict(full.meta))
+            pruned = graph.apply(dense, plan)
+            out[name].append(_score(pruned, test, ref))
+            if name == "thinet":
+                lsq.compensate(dense, pruned, plan, ctx)
+                out["thinet+lsq"].append(_score(pruned, test, ref))
+    return out
+
+
+def _all_layers(dense, graph, ctx, test, ref) -> dict[str, tuple[float, float]]:
+    """Every group pruned at once; layer-by-layer ThiNet (§3.1) on a copy, no fine-tuning."""
+    plans = _plans(dense, graph, ctx)
+    out = {name: _score(graph.apply(dense, plan), test, ref) for name, plan in plans.items()}
+    pruned = graph.apply(dense, plans["thinet"])
+    detprune.plugins().compensator("thinet-lsq", progress=False).compensate(dense, pruned, plans["thinet"], ctx)
+    out["thinet+lsq"] = _score(pruned, test, ref)
+    model = copy.deepcopy(dense)
+    plan = detprune.plugins().pruner("thinet", images=ctx.options["images"], mode="layerwise",
+                                     progress=False).plan(model, graph, ctx)
+    out["thinet-layerwise"] = _score(graph.apply(model, plan), test, ref)
+    return out
+
+
+def _rows(method: str, metric: str, m: tuple[float, float], b: tuple[float, float], notes: str) -> list[dict]:
+    return [{"method": method, "baseline": "l1", "metric": f"top1 {metric}", "method_value": round(m[0], 4),
+             "baseline_value": round(b[0], 4), "notes": notes},
+            {"method": method, "baseline": "l1", "metric": f"logit_rel_err {metric} (lower=better)",
+             "method_value": round(m[1], 4), "baseline_value": round(b[1], 4), "notes": notes}]
+
+
+def run(quick: bool = True) -> list[dict]:
+    """Rows ``{"method", "baseline": "l1", "metric", "method_value", "baseline_value", "notes"}``."""
+    cfg = QUICK if quick else FULL
+    threads = torch.get_num_threads()
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])  # a second thread on a shared 2-core machine only spin-waits
+    logging.getLogger("detprune").setLevel(logging.WARNING)
+    try:
+        t0 = time.perf_counter()
+        train_ds, test_ds, source = _data(cfg)
+        adapter = detprune.plugins().adapter("vgg16-cifar", **cfg["args"])
+        train = make_loader(train_ds, cfg["batch"], train=True, seed=0)
+        test = make_loader(test_ds, 256, train=False)
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            dense = adapter.build()
+            Trainer(dense, adapter, train, None, epochs=cfg["epochs"], out_dir=Path(tmp) / "dense", lr=cfg["lr"],
+                    progress=False, seed=0).fit()
+        dense.eval()
+        ref = _logits(dense, test)[0]
+        dense_top1 = evaluate_classifier(dense, test, progress=False)["top1"]
+        t_train = time.perf_counter() - t0
+        graph = trace(dense, adapter.example_inputs(1), protected=tuple(adapter.protected(dense)))
+
+        def ctx(ratio: float) -> PruneContext:
+            return PruneContext(example_inputs=adapter.example_inputs(1), ratio=ratio, adapter=adapter,
+                                train_loader=train, graph=graph, options={"images": cfg["images"]})
+
+        single = _single_layers(dense, graph, ctx(cfg["single_ratio"]), test, ref)
+        whole = _all_layers(dense, graph, ctx(cfg["all_ratio"]), test, ref)
+        mean = {k: tuple(sum(v[i] for v in vals) / len(vals) for i in (0, 1)) for k, vals in single.items()}
+        wins = sum(t[0] >= b[0] for t, b in zip(single["thinet"], single["l1"]))
+        common = (f"vgg16-cifar {cfg['args']} on {source} ({len(train_ds)} train / {len(test_ds)} test), dense "
+                  f"{cfg['epochs']} ep top1 {dense_top1:.4f}; no fine-tune; thinet samples {cfg['images']} train "
+                  f"images x 10 locations, seed 0; single layer: thinet top1 >= l1 on {wins}/{len(single['l1'])} groups; "
+                  f"data + dense training {t_train:.0f}s")
+        rows = []
+        for method in ("thinet", "thinet+lsq"):
+            rows += _rows(method, f"one layer at a time @{cfg['single_ratio']} (mean of {len(single['l1'])})",
+                          mean[method], mean["l1"], common)
+        for method in METHODS:
+            rows += _rows(method, f"all layers @{cfg['all_ratio']}", whole[method], whole["l1"], common)
+        for r in rows:
+            r["notes"] += f"; {time.perf_counter() - t0:.0f}s total"
+        return rows
+    finally:
+        torch.set_num_threads(threads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="the full protocol (width 1, all images; for a GPU)")
+    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = ap.parse_args()
+    rows = run(quick=not args.full)
+    if args.json:
+        print(json.dumps({"rows": rows}, indent=2))
+        return
+    print(f"{'method':17} {'baseline':8} {'metric':62} {'method':>8} {'baseline':>9} {'delta':>8}")
+    for r in rows:
+        print(f"{r['method']:17} {r['baseline']:8} {r['metric']:62} {r['method_value']:8.4f} {r['baseline_value']:9.4f} "
+              f"{r['method_value'] - r['baseline_value']:+8.4f}")
+    print(rows[0]["notes"])
+
+
+if __name__ == "__main__":
+    main()

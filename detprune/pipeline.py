@@ -1,0 +1,316 @@
+"""The trip of ../shared/DESIGN.md in one readable function: :func:`run`.
+
+    build the model (+ weights, or train it dense) -> trace the ChannelGraph -> method training with
+    the pruner's callbacks (Network Slimming's sparsity, MFP's soft pruning) -> evaluate and measure
+    the dense model -> pruner.plan -> graph.apply -> compensators -> evaluate -> fine-tune ->
+    evaluate and measure -> DIR/pruned.pt, DIR/report.json, DIR/report.md, plots
+
+One process, one device: the Trainer phases can run under torchrun (see detprune.train), the
+pipeline itself does not.
+
+This is the protocol of the seed paper ("Pruning and fine-tuning optimization based on global
+information"): sparsity-train, prune, compensate with the original model's information,
+fine-tune, evaluate. ``detprune prune`` is its command line; ``detprune demo`` runs it twice.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from detprune import distributed as D
+from detprune.errors import DetpruneError
+from detprune.pipeline_config import PipelineConfig, compensator_options, pruner_options
+from detprune.types import PruneContext, PruningPlan
+
+__all__ = ["PipelineConfig", "PipelineResult", "run"]
+
+log = logging.getLogger("detprune.pipeline")
+
+#: what a run writes into its folder (``--overwrite`` removes exactly these)
+OWNED = ("pruned.pt", "report.json", "report.md", "widths.png", "train")
+
+
+@dataclass
+class PipelineResult:
+    """The pruned model, what made it, and the report that :mod:`detprune.report` wrote."""
+
+    model: nn.Module
+    dense: nn.Module
+    plan: PruningPlan
+    graph: Any
+    report: dict[str, Any]
+    out_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def run(cfg: PipelineConfig) -> PipelineResult:
+    """Prune ``cfg.model`` on ``cfg.data`` as ``cfg`` says; see the module docstring for the steps."""
+    from detprune.graph import trace
+    from detprune.report import write_report
+
+    cfg.check()
+    out = _prepare_out(cfg)
+    clock = Clock()
+    device = D.resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = Data.load(cfg)
+    adapter, model, builder = build_model(cfg, data)
+    pruner = _plugin("pruner", cfg.pruner, pruner_options(cfg))
+    training: dict[str, Any] = {}
+
+    if cfg.epochs_dense:
+        with clock("dense training"):
+            model, training["dense"] = train(model, adapter, data, cfg, cfg.epochs_dense, out / "train" / "dense", device)
+    model = model.to(device)
+    ctx = PruneContext(example_inputs=tuple(t.to(device) for t in adapter.example_inputs(1)), ratio=cfg.ratio,
+                       round_to=cfg.round_to, global_ranking=cfg.global_ranking, min_keep=cfg.min_keep or 0.0,
+                       criterion=cfg.criterion or "l1", adapter=adapter, train_loader=data.train_loader,
+                       val_loader=data.val_loader, device=device, seed=cfg.seed,
+                       options={k: v for k, v in (("alpha", cfg.alpha), ("shortcut", cfg.shortcut),
+                                                  ("shortcut_width", cfg.shortcut_width)) if v is not None})
+    with clock("trace"):
+        graph = trace(model, ctx.example_inputs, protected=tuple(adapter.protected(model)))
+    if hasattr(pruner, "attach"):  # e.g. Network Slimming: which BN scales get the sparsity term
+        pruner.attach(graph)
+    if hasattr(pruner, "bind"):  # e.g. MFP: ratio, adapter and meta batches while it trains (internals §4)
+        pruner.bind(ctx)
+    if cfg.method_epochs:
+        with clock("method training"):
+            model, training["method"] = train(model, adapter, data, cfg, cfg.method_epochs, out / "train" / "method",
+                                              device, pruner=pruner)
+    model = model.to(device).eval()
+    with clock("dense evaluation"):
+        dense_stats = measure(model, adapter, data, cfg, ctx.example_inputs)
+
+    with clock("plan"):
+        plan = pruner.plan(model, graph, ctx)
+    with clock("surgery"):
+        pruned = graph.apply(model, plan)
+    ctx.graph = graph
+    compensation: dict[str, Any] = {}
+    for name, options in compensator_options(cfg).items():
+        with clock(f"compensate ({name})"):
+            compensator = _plugin("compensator", name, options)
+            compensator.compensate(model, pruned, plan, ctx)
+            compensation[name] = getattr(compensator, "report", None)
+    before_finetune = None
+    if cfg.eval_before_finetune and (cfg.finetune_epochs or compensation):
+        with clock("evaluation before fine-tuning"):
+            before_finetune = evaluate(pruned, adapter, data, cfg)
+
+    if cfg.finetune_epochs:
+        with clock("fine-tuning"):
+            pruned, training["finetune"] = train(pruned, adapter, data, cfg, cfg.finetune_epochs,
+                                                 out / "train" / "finetune", device, lr=cfg.finetune_lr)
+    pruned = pruned.to(device).eval()
+    with clock("pruned evaluation"):
+        pruned_stats = measure(pruned, adapter, data, cfg, ctx.example_inputs)
+
+    with clock("save"):
+        files = {"pruned": save_pruned(pruned, model, plan, graph, builder, out / "pruned.pt")}
+    report = {
+        "model": cfg.model, "adapter_args": dict(adapter.args), "task": adapter.task, "data": data.describe(),
+        "pruner": cfg.pruner, "pruner_options": pruner_options(cfg), "criterion": ctx.criterion,
+        "ratio": cfg.ratio, "compensators": list(cfg.compensators), "compensator_options": compensator_options(cfg),
+        "device": str(device), "dense": dense_stats, "pruned": pruned_stats, "before_finetune": before_finetune,
+        "plan": plan, "graph": graph, "dense_model": model, "pruned_model": pruned,
+        "compensation": compensation, "training": training, "timings_s": clock.seconds, "config": cfg,
+    }
+    files = write_report(report, out, pruner=pruner if cfg.plots else None, plots=cfg.plots, files=files)
+    final = _read_json(files["json"])
+    _notify(final)
+    return PipelineResult(model=pruned, dense=model, plan=plan, graph=graph, report=final, out_dir=out, files=files)
+
+
+# ---- the steps ---------------------------------------------------------------------------------------
+
+class Data:
+    """The dataset card, its train/val splits (optionally thinned) and their loaders."""
+
+    def __init__(self, card: Any, train_ds: Any, val_ds: Any, img_size: int, cfg: PipelineConfig):
+        self.card, self.train_ds, self.val_ds, self.img_size, self.cfg = card, train_ds, val_ds, img_size, cfg
+        collate = None
+        if card.task == "detection":
+            from detprune.data.collate import collate_detection
+
+            collate = collate_detection
+        self.train_loader = None if train_ds is None else D.make_loader(
+            train_ds, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed, collate_fn=collate)
+        self.val_loader = D.make_loader(val_ds, cfg.batch_size, train=False, workers=cfg.workers, collate_fn=collate)
+
+    @classmethod
+    def load(cls, cfg: PipelineConfig) -> "Data":
+        from detprune.data import DEFAULT_IMG_SIZE, DatasetCard, build_dataset, default_card, load_card
+
+        card = default_card() if cfg.data is None else cfg.data if isinstance(cfg.data, DatasetCard) else load_card(cfg.data)
+        val_ds = build_dataset(card, split=cfg.val_split, img_size=cfg.img_size, train=False)
+        size = cfg.img_size or getattr(val_ds, "img_size", None) or card.img_size or DEFAULT_IMG_SIZE[card.task]
+        needs_train = bool(cfg.epochs_dense or cfg.method_epochs or cfg.finetune_epochs or cfg.compensators)
+        train_ds = build_dataset(card, split=cfg.train_split, img_size=size, train=True) if needs_train else None
+        return cls(card, _thin(train_ds, cfg.train_limit), _thin(val_ds, cfg.val_limit), size, cfg)
+
+    def describe(self) -> dict[str, Any]:
+        return {"card": str(self.card.source), "name": self.card.name, "img_size": self.img_size,
+                "train_split": self.cfg.train_split if self.train_ds is not None else None,
+                "val_split": self.cfg.val_split, "train_images": len(self.train_ds) if self.train_ds is not None else 0,
+                "val_images": len(self.val_ds)}
+
+
+def _thin(ds: Any, limit: int | None) -> Any:
+    """``limit`` evenly spaced samples of ``ds`` (class folders stay balanced), or ``ds`` itself."""
+    if ds is None or limit is None or limit >= len(ds):
+        return ds
+    from torch.utils.data import Subset
+
+    idx = torch.linspace(0, len(ds) - 1, max(1, limit)).round().long().unique().tolist()
+    return Subset(ds, idx)
+
+
+def build_model(cfg: PipelineConfig, data: Data) -> tuple[Any, nn.Module, dict[str, Any]]:
+    """The adapter, the starting model and the builder a recipe rebuilds it with.
+
+    Weights may be a state_dict, a trainer checkpoint (``{"model": state_dict}``) or a pruned recipe:
+    a pruned model is pruned further (iterative pruning, as SlimYOLOv3's two passes) and its new
+    recipe rebuilds it by loading the earlier recipe file.
+    """
+    import detprune
+    from detprune.cli.train import _adapter_args
+
+    args = _adapter_args(cfg.model, data.card, data.img_size, cfg.width)
+    args.update(cfg.model_args)
+    adapter = detprune.plugins().adapter(cfg.model, **args)
+    if adapter.task != data.card.task:
+        raise DetpruneError(f"model '{cfg.model}' is a {adapter.task} model but {data.card.source} is a "
+                            f"{data.card.task} dataset")
+    builder = {"adapter": cfg.model, "args": dict(adapter.args)}
+    if cfg.weights is None:
+        return adapter, adapter.build(), builder
+    path = Path(cfg.weights)
+    if _is_recipe(path):
+        return adapter, detprune.load(path), {"callable": "detprune.graph.recipe:load",
+                                               "args": {"path": str(path.resolve())}}
+    from detprune.cli.eval import load_weights
+
+    return adapter, load_weights(str(path), adapter), builder
+
+
+def _is_recipe(path: Path) -> bool:
+    from detprune.errors import RecipeError
+    from detprune.graph.recipe import read_recipe
+
+    if not path.is_file():
+        raise DetpruneError(f"{path}: weights file not found")
+    try:
+        read_recipe(path)
+    except RecipeError:
+        return False
+    return True
+
+
+def train(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, epochs: int, out_dir: Path,
+          device: torch.device, pruner: Any = None, lr: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``epochs`` of the Trainer on the model as it is (never rebuilt); callbacks from ``pruner``."""
+    from detprune.train import Trainer
+
+    if data.train_loader is None:
+        raise DetpruneError("training needs a training split")
+    base_lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 0.001)
+    options: dict[str, Any] = dict(lr=lr or base_lr, optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
+                                   amp=cfg.amp, seed=cfg.seed, device=str(device), progress=cfg.progress)
+    if cfg.weight_decay is not None:
+        options["weight_decay"] = cfg.weight_decay
+    trainer = Trainer(model, adapter, data.train_loader, None, epochs=epochs, out_dir=out_dir, pruner=pruner,
+                      meta={"model": cfg.model, "adapter_args": adapter.args}, **options)
+    result = trainer.fit()
+    return result.model, {"epochs": epochs, "lr": options["lr"], "history": result.history,
+                          "folder": str(out_dir)}
+
+
+def evaluate(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig) -> dict[str, Any]:
+    """The task's metrics on the validation split through :mod:`detprune.evaluate`."""
+    from detprune.evaluate import evaluate_classifier, evaluate_model
+
+    if adapter.task == "classification":
+        return evaluate_classifier(model, data.val_loader, progress=cfg.progress)
+    result = evaluate_model(model, adapter, data.val_loader, iou_range=cfg.iou_range, progress=cfg.progress)
+    return {k: result[k] for k in ("map50", "map50_500", "map", "per_class", "images", "detections") if k in result}
+
+
+def measure(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, inputs: tuple) -> dict[str, Any]:
+    """Metrics, parameters, FLOPs (2·MAC) and median latency (batch 1) of one model."""
+    from detprune.measure import count_flops, count_params, measure_latency
+
+    stats: dict[str, Any] = {"metrics": evaluate(model, adapter, data, cfg), "params": count_params(model),
+                             "flops": count_flops(model, inputs)}
+    lat = measure_latency(model, inputs, warmup=cfg.latency_warmup, iters=cfg.latency_iters)
+    stats.update(latency_ms=lat.median_ms, latency=lat.as_dict())
+    return stats
+
+
+def save_pruned(pruned: nn.Module, dense: nn.Module, plan: PruningPlan, graph: Any, builder: dict[str, Any],
+                path: Path) -> Path:
+    """``DIR/pruned.pt``: recipe + weights, loadable by ``detprune.load`` and ``detprune eval --weights``."""
+    from detprune.api import PruneResult
+    from detprune.graph.recipe import save
+    from detprune.measure import count_params
+
+    result = PruneResult(model=pruned.eval(), plan=plan, graph=graph, params_before=count_params(dense),
+                         params_after=count_params(pruned), builder=builder, dense=dense)
+    return save(result, path)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------
+
+class Clock:
+    """Seconds per stage, logged as each stage starts."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        log.info("detprune: %s ...", stage)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - t0, 3)
+
+
+def _plugin(kind: str, name: str, options: dict[str, Any]) -> Any:
+    import detprune
+
+    return detprune.plugins().create(kind, name, **options)
+
+
+def _prepare_out(cfg: PipelineConfig) -> Path:
+    out = Path(cfg.out)
+    present = [name for name in OWNED if (out / name).exists()]
+    if present and not cfg.overwrite:
+        raise DetpruneError(f"{out} already holds a prune run ({', '.join(present)}); choose another --out "
+                            "or pass --overwrite")
+    for name in present:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def _notify(report: dict[str, Any]) -> None:
+    import detprune
+
+    detprune.plugins().report({"event": "pruned", **report})
