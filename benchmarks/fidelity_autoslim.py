@@ -39,8 +39,7 @@ from detprune_plugins.autoslim import AutoSlim
 from detprune_plugins.autoslim_flops import FlopModel
 from detprune_plugins.autoslim_score import take_batches
 from detprune_plugins.slimmable import Slimmable, calibrate_bn
-
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-sample"
+from fidelity_data import CIFAR, Flip, cifar, synthetic
 
 QUICK = dict(width=0.125, n_train=2560, n_search=256, n_test=1000, epochs=6, batch=64, lr=0.1, budgets=(0.5,),
              score_batches=2, calib_batches=4, bn="batch", finetune_epochs=0, threads=1)
@@ -48,51 +47,12 @@ FULL = dict(width=0.5, n_train=None, n_search=500, n_test=None, epochs=60, batch
             score_batches=4, calib_batches=8, bn="calibrate", finetune_epochs=10, threads=None)
 
 
-def _cifar(split: str, n: int | None, skip: int = 0) -> TensorDataset:
-    """A balanced subset of the CIFAR-10 sample: per class, files ``skip .. skip + n/10``."""
-    from detprune.data import build_dataset, load_card
-
-    ds = build_dataset(load_card(CIFAR), split=split)
-    per_class: dict[int, list[int]] = {}
-    for i, (_, label) in enumerate(ds.samples):
-        per_class.setdefault(int(label), []).append(i)
-    k = None if n is None else n // len(per_class)
-    take = sorted(i for idx in per_class.values() for i in idx[skip: None if k is None else skip + k])
-    return TensorDataset(torch.stack([ds[i][0] for i in take]), torch.tensor([int(ds.samples[i][1]) for i in take]))
-
-
-def _synthetic(n: int, seed: int) -> TensorDataset:
-    """10 classes of oriented colour gratings under noise."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    angle = labels.float()[:, None, None] * (torch.pi / 10)
-    wave = torch.sin((xx * torch.cos(angle) + yy * torch.sin(angle)) * 0.6)
-    colour = torch.stack([(labels + k) % 3 == 0 for k in range(3)], 1).float()[:, :, None, None]
-    images = 0.5 + 0.2 * wave[:, None] * (0.5 + colour) + 0.25 * torch.randn(n, 3, 32, 32, generator=g)
-    return TensorDataset(images.clamp(0, 1), labels)
-
-
-class Flip(Dataset):
-    """Random horizontal flips (the CIFAR recipe's cheapest augmentation) over an in-memory set."""
-
-    def __init__(self, base: TensorDataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        image, label = self.base[i]
-        return (image.flip(-1) if torch.rand(()) < 0.5 else image), label
-
-
 def _data(cfg: dict[str, Any]) -> tuple[Dataset, TensorDataset, TensorDataset, str]:
     if CIFAR.is_dir():
         n_search = cfg["n_search"]
-        train = _cifar("train", cfg["n_train"], skip=n_search // 10)  # the first files of each class are held out
-        return train, _cifar("train", n_search), _cifar("test", cfg["n_test"]), "cifar10-sample"
-    return (_synthetic(cfg["n_train"] or 4500, 1), _synthetic(cfg["n_search"], 3), _synthetic(cfg["n_test"] or 2000, 2),
+        train = cifar("train", cfg["n_train"], skip=n_search // 10)  # the first files of each class are held out
+        return train, cifar("train", n_search), cifar("test", cfg["n_test"]), "cifar10-sample"
+    return (synthetic(cfg["n_train"] or 4500, 1), synthetic(cfg["n_search"], 3), synthetic(cfg["n_test"] or 2000, 2),
             "synthetic gratings")
 
 

@@ -26,10 +26,8 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
 import detprune
 from detprune.distributed import make_loader
@@ -38,44 +36,12 @@ from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext
 from detprune_plugins.mfp import DEFAULT_CRITERIA, MFP
-
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-sample"
+from fidelity_data import train_test
 
 QUICK = dict(model="vgg16-cifar", args=dict(width=0.125), n_train=2500, n_test=1000, dense_epochs=8,
              soft_epochs=3, ratio=0.4, batch=64, lr=0.05, soft_lr=0.01, threads=1, mask_bn=True)
 FULL = dict(model="resnet56-cifar", args=dict(width=1.0), n_train=None, n_test=None, dense_epochs=60,
             soft_epochs=30, ratio=0.4, batch=128, lr=0.1, soft_lr=0.01, threads=None, mask_bn=True)
-
-
-def _cifar(split: str, n: int | None) -> TensorDataset:
-    """A balanced subset (``n`` images, first files of each class) of the CIFAR-10 sample, as tensors."""
-    from detprune.data import build_dataset, load_card
-
-    ds = build_dataset(load_card(CIFAR), split=split)
-    per_class: dict[int, list[int]] = {}
-    for i, (_, label) in enumerate(ds.samples):
-        per_class.setdefault(int(label), []).append(i)
-    take = sorted(i for idx in per_class.values() for i in (idx if n is None else idx[: n // len(per_class)]))
-    images = torch.stack([ds[i][0] for i in take])
-    return TensorDataset(images, torch.tensor([int(ds.samples[i][1]) for i in take]))
-
-
-def _synthetic(n: int, seed: int) -> TensorDataset:
-    """10 classes of oriented colour gratings under noise: learnable, not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    angle = labels.float()[:, None, None] * (torch.pi / 10)
-    wave = torch.sin((xx * torch.cos(angle) + yy * torch.sin(angle)) * 0.6)
-    colour = torch.stack([(labels + k) % 3 == 0 for k in range(3)], 1).float()[:, :, None, None]
-    images = 0.5 + 0.2 * wave[:, None] * (0.5 + colour) + 0.25 * torch.randn(n, 3, 32, 32, generator=g)
-    return TensorDataset(images.clamp(0, 1), labels)
-
-
-def _data(cfg: dict[str, Any]) -> tuple[TensorDataset, TensorDataset, str]:
-    if CIFAR.is_dir():
-        return _cifar("train", cfg["n_train"]), _cifar("test", cfg["n_test"]), "cifar10-sample"
-    return _synthetic(cfg["n_train"] or 5000, 1), _synthetic(cfg["n_test"] or 2000, 2), "synthetic gratings"
 
 
 def _soft_prune(dense_state, adapter, train, test, criteria, cfg, out: Path) -> tuple[float, MFP, dict]:
@@ -104,7 +70,7 @@ def run(quick: bool = True) -> list[dict]:
     logging.getLogger("detprune").setLevel(logging.WARNING)
     try:
         t0 = time.perf_counter()
-        train_ds, test_ds, source = _data(cfg)
+        train_ds, test_ds, source = train_test(cfg)
         adapter = detprune.plugins().adapter(cfg["model"], **cfg["args"])
         train = make_loader(train_ds, cfg["batch"], train=True, seed=0)
         test = make_loader(test_ds, 256, train=False)

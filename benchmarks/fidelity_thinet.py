@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
 import detprune
 from detprune.distributed import make_loader
@@ -44,44 +43,13 @@ from detprune.evaluate import evaluate_classifier
 from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext, PruningPlan
-
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-sample"
+from fidelity_data import train_test
 
 QUICK = dict(args=dict(width=0.25), n_train=2500, n_test=1000, epochs=10, batch=64, lr=0.05, images=256,
              single_ratio=0.5, all_ratio=0.3, threads=1)
 FULL = dict(args=dict(width=1.0), n_train=None, n_test=None, epochs=60, batch=128, lr=0.1, images=1000,
             single_ratio=0.5, all_ratio=0.3, threads=None)
 METHODS = ("thinet", "thinet+lsq", "thinet-layerwise")
-
-
-def _cifar(split: str, n: int | None) -> TensorDataset:
-    """A balanced subset (``n`` images, first files of each class) of the CIFAR-10 sample, as tensors."""
-    from detprune.data import build_dataset, load_card
-
-    ds = build_dataset(load_card(CIFAR), split=split)
-    per_class: dict[int, list[int]] = {}
-    for i, (_, label) in enumerate(ds.samples):
-        per_class.setdefault(int(label), []).append(i)
-    take = sorted(i for idx in per_class.values() for i in (idx if n is None else idx[: n // len(per_class)]))
-    return TensorDataset(torch.stack([ds[i][0] for i in take]), torch.tensor([int(ds.samples[i][1]) for i in take]))
-
-
-def _synthetic(n: int, seed: int) -> TensorDataset:
-    """10 classes of oriented colour gratings under noise: learnable, not trivial."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    angle = labels.float()[:, None, None] * (torch.pi / 10)
-    wave = torch.sin((xx * torch.cos(angle) + yy * torch.sin(angle)) * 0.6)
-    colour = torch.stack([(labels + k) % 3 == 0 for k in range(3)], 1).float()[:, :, None, None]
-    images = 0.5 + 0.2 * wave[:, None] * (0.5 + colour) + 0.25 * torch.randn(n, 3, 32, 32, generator=g)
-    return TensorDataset(images.clamp(0, 1), labels)
-
-
-def _data(cfg: dict[str, Any]) -> tuple[TensorDataset, TensorDataset, str]:
-    if CIFAR.is_dir():
-        return _cifar("train", cfg["n_train"]), _cifar("test", cfg["n_test"]), "cifar10-sample"
-    return _synthetic(cfg["n_train"] or 5000, 1), _synthetic(cfg["n_test"] or 2000, 2), "synthetic gratings"
 
 
 @torch.no_grad()
@@ -155,7 +123,7 @@ def run(quick: bool = True) -> list[dict]:
     logging.getLogger("detprune").setLevel(logging.WARNING)
     try:
         t0 = time.perf_counter()
-        train_ds, test_ds, source = _data(cfg)
+        train_ds, test_ds, source = train_test(cfg)
         adapter = detprune.plugins().adapter("vgg16-cifar", **cfg["args"])
         train = make_loader(train_ds, cfg["batch"], train=True, seed=0)
         test = make_loader(test_ds, 256, train=False)
