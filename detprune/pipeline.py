@@ -14,6 +14,7 @@ fine-tune, evaluate. ``detprune prune`` is its command line; ``detprune demo`` r
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -297,16 +298,21 @@ def _prepare_out(cfg: PipelineConfig) -> Path:
     if present and not cfg.overwrite:
         raise DetpruneError(f"{out} already holds a prune run ({', '.join(present)}); choose another --out "
                             "or pass --overwrite")
-    for name in present:
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    stale = [out / name for name in present]
+    if (out / "report.json").is_file():  # the files the earlier run listed (a pruner's own plots too)
+        try:
+            listed = json.loads((out / "report.json").read_text()).get("files", {}).values()
+        except (ValueError, AttributeError):
+            listed = []
+        stale += [Path(p) for p in listed if Path(p).parent.resolve() == out.resolve() and Path(p).exists()]
+    for target in dict.fromkeys(stale):
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(Path(path).read_text())
 
 
