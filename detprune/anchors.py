@@ -158,11 +158,23 @@ def format_anchors(anchors: np.ndarray) -> list[list[int]]:
     return [[max(1, int(round(w))), max(1, int(round(h)))] for w, h in anchors]
 
 
-def write_card_anchors(card: Path, anchors: list[list[int]], comment: str) -> None:
-    """Set the top-level ``anchors:`` key of a YAML card, leaving every other line as it is."""
-    lines = Path(card).read_text(encoding="utf-8").splitlines()
+def card_anchors(card, img_size: int) -> list[list[float]] | None:
+    """The card's ``anchors`` rescaled to ``img_size`` (they are stored in pixels of
+    ``anchors_img_size``, else of the card's ``img_size``); None when the card has none."""
+    anchors = card.extra.get("anchors")
+    if not anchors:
+        return None
+    base = card.extra.get("anchors_img_size") or card.img_size or img_size
+    k = float(img_size) / float(base)
+    return [[round(float(w) * k, 2), round(float(h) * k, 2)] for w, h in anchors]
+
+
+def write_card_anchors(card: Path, anchors: list[list[int]], comment: str, img_size: int) -> None:
+    """Set the top-level ``anchors:`` key of a YAML card (and ``anchors_img_size:``, the input size
+    they are in pixels of, so other input sizes can rescale them), leaving every other line as it is."""
+    lines = [ln for ln in Path(card).read_text(encoding="utf-8").splitlines() if not ln.startswith("anchors_img_size:")]
     flow = "[" + ", ".join(f"[{w}, {h}]" for w, h in anchors) + "]"
-    new = [f"# {comment}", f"anchors: {flow}"]
+    new = [f"# {comment}", f"anchors: {flow}", f"anchors_img_size: {int(img_size)}"]
     out, i, replaced = [], 0, False
     while i < len(lines):
         line = lines[i]

@@ -74,7 +74,7 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     ctx = PruneContext(example_inputs=tuple(t.to(device) for t in adapter.example_inputs(1)), ratio=cfg.ratio,
                        round_to=cfg.round_to, global_ranking=cfg.global_ranking, min_keep=cfg.min_keep or 0.0,
                        criterion=cfg.criterion or "l1", adapter=adapter, train_loader=data.train_loader,
-                       val_loader=data.val_loader, device=device, seed=cfg.seed,
+                       val_loader=data.val_loader, device=device, seed=cfg.seed, progress=cfg.progress,
                        options={k: v for k, v in (("alpha", cfg.alpha), ("shortcut", cfg.shortcut),
                                                   ("shortcut_width", cfg.shortcut_width)) if v is not None})
     with clock("trace"):

@@ -88,6 +88,7 @@ class PruneContext:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     graph: "ChannelGraph | None" = None  # the dense model's graph, set by the pipeline before compensating
+    progress: bool = True  # plugins show tqdm bars only when this is set (``--no-progress`` clears it)
 
 
 @runtime_checkable

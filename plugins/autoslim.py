@@ -156,7 +156,7 @@ class AutoSlim:
             try:
                 self.search = greedy_slimming(slim, flop_model, scorer, targets, state_path=o["state"], settings=settings,
                                               fingerprint=graph.fingerprint(), max_steps=o["max_steps"],
-                                              progress=bool(o["progress"]))
+                                              progress=bool(o["progress"]) and ctx.progress)
             finally:
                 load_bn_state(model, saved)
             if not self.search["done"]:

@@ -234,7 +234,7 @@ class MFP:
         base = self.meta_fn(model, batches, ctx.adapter)
         plans, values = {}, []
         bar = tqdm(self.criteria, desc=f"mfp neighbours (epoch {epoch + 1})", leave=False,
-                   disable=None if self.progress and D.is_main() else True)  # None: off when not a terminal
+                   disable=None if self.progress and ctx.progress and D.is_main() else True)  # None: off when not a terminal
         for name in bar:
             plans[name] = self._select(model, graph, name)
             with channel_mask(model, graph, plans[name]).applied():

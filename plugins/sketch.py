@@ -114,7 +114,8 @@ class Sketch:
             write_norms(pruned, targets)
         loader = getattr(ctx, "train_loader", None) if ctx is not None else None
         everything = self.recalibrate == "all" and bool(plan.kept)
-        seen = calibrate(pruned, targets, loader, self.calib_batches, everything) if loader is not None else 0
+        seen = (calibrate(pruned, targets, loader, self.calib_batches, everything, progress=ctx.progress)
+                if loader is not None else 0)
         stats = f"calibrated on {seen} batches" if seen and targets else "keep" if self.bn == "keep" else "propagated"
         if everything and seen:
             stats += f"; AdaBN on every BN ({seen} batches)"

@@ -96,10 +96,10 @@ def _inputs(batch: Any) -> Any:
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-def _run(model: nn.Module, loader: Iterable[Any], n: int, what: str) -> int:
+def _run(model: nn.Module, loader: Iterable[Any], n: int, what: str, progress: bool = True) -> int:
     device = next(model.parameters()).device
     seen = 0
-    for batch in tqdm(islice(loader, n), total=n, desc=f"sketch: {what}", leave=False):
+    for batch in tqdm(islice(loader, n), total=n, desc=f"sketch: {what}", leave=False, disable=not progress):
         model(_inputs(batch).to(device))
         seen += 1
     return seen
@@ -113,7 +113,8 @@ def _norms(model: nn.Module, names: Iterable[str] | None) -> dict[str, nn.Module
 
 
 @torch.no_grad()
-def adabn(model: nn.Module, loader: Iterable[Any], batches: int, names: Iterable[str] | None = None) -> int:
+def adabn(model: nn.Module, loader: Iterable[Any], batches: int, names: Iterable[str] | None = None,
+          progress: bool = True) -> int:
     """AdaBN (Li et al. 2016): re-estimate BN running statistics on ``batches`` batches, the BNs
     ``names`` (default: every BN with running statistics) in train mode with a cumulative average,
     the rest of the model in eval mode. Weights are untouched; returns batches seen."""
@@ -128,7 +129,7 @@ def adabn(model: nn.Module, loader: Iterable[Any], batches: int, names: Iterable
             bn.reset_running_stats()
             bn.momentum = None
             bn.train()
-        return _run(model, loader, batches, "AdaBN")
+        return _run(model, loader, batches, "AdaBN", progress)
     finally:
         for n, bn in norms.items():
             bn.momentum = momenta[n]
@@ -137,7 +138,7 @@ def adabn(model: nn.Module, loader: Iterable[Any], batches: int, names: Iterable
 
 
 @torch.no_grad()
-def _measure_inputs(model: nn.Module, names: Iterable[str], loader, batches: int):
+def _measure_inputs(model: nn.Module, names: Iterable[str], loader, batches: int, progress: bool = True):
     """Per-channel mean and (unbiased) variance of each BN's input, eval mode."""
     sums, hooks = {}, []
     modes = {m: m.training for m in model.modules()}
@@ -148,7 +149,7 @@ def _measure_inputs(model: nn.Module, names: Iterable[str], loader, batches: int
             bn = model.get_submodule(name)
             sums[name] = [torch.zeros(bn.num_features, dtype=torch.float64, device=device) for _ in range(3)]
             hooks.append(bn.register_forward_pre_hook(_accumulate(sums[name])))
-        seen = _run(model, loader, batches, "BN statistics")
+        seen = _run(model, loader, batches, "BN statistics", progress)
     finally:
         for h in hooks:
             h.remove()
@@ -164,7 +165,7 @@ def _measure_inputs(model: nn.Module, names: Iterable[str], loader, batches: int
 
 @torch.no_grad()
 def calibrate(pruned: nn.Module, targets: list[NormTarget], loader: Iterable[Any], batches: int,
-              everything: bool = False) -> int:
+              everything: bool = False, progress: bool = True) -> int:
     """Re-estimate BN statistics on ``batches`` batches; returns batches seen.
 
     ``fold`` targets: per-channel mean/variance of the BN *input*, measured in eval mode (the folded
@@ -181,7 +182,7 @@ def calibrate(pruned: nn.Module, targets: list[NormTarget], loader: Iterable[Any
         by_name.setdefault(t.name, []).append(t)
     folded = {n for n, ts in by_name.items() if ts[0].shift is not None}
     if folded:
-        stats, seen = _measure_inputs(pruned, folded, loader, batches)
+        stats, seen = _measure_inputs(pruned, folded, loader, batches, progress)
         for name, (mean, var) in stats.items():
             for t in by_name[name]:
                 t.mean, t.var = mean[t.dst], var[t.dst]
@@ -191,7 +192,7 @@ def calibrate(pruned: nn.Module, targets: list[NormTarget], loader: Iterable[Any
         return seen
     saved = {n: (pruned.get_submodule(n).running_mean.clone(), pruned.get_submodule(n).running_var.clone())
              for n in reinit}
-    seen = max(seen, adabn(pruned, loader, batches, None if everything else reinit))
+    seen = max(seen, adabn(pruned, loader, batches, None if everything else reinit, progress))
     for name, ts in by_name.items():
         bn = pruned.get_submodule(name)
         for t in ts:

@@ -165,7 +165,7 @@ class ThiNetCriterion:
         names += [s.module for s in group.consumers]
         seed = ctx.seed if self.seed is None else self.seed
         samples = CACHE.get(model, group.records, names, ctx.train_loader, self.images, self.locations, seed,
-                            progress=self.progress)
+                            progress=self.progress and ctx.progress)
         return group_scores(group, samples)
 
 
@@ -227,14 +227,14 @@ class ThiNet:
                 raise ThiNetOptionError("thinet mode 'layerwise' prunes each group at the asked ratio; "
                                         "global ranking needs mode 'oneshot'")
             res = prune_layerwise(model, graph, groups, ctx, images=self.images, locations=self.locations, seed=seed,
-                                  scale=self.scale, steps=self.steps, lr=self.lr, progress=self.progress)
+                                  scale=self.scale, steps=self.steps, lr=self.lr, progress=self.progress and ctx.progress)
             plan, scaled = res.plan, res.scaled
             if res.finetune_loss:
                 plan.meta["thinet_finetune_loss"] = [round(v, 6) for v in res.finetune_loss]
         else:
             consumers = [s.module for g in groups for s in g.consumers]
             samples = CACHE.get(model, graph.records, consumers, ctx.train_loader, self.images, self.locations, seed,
-                                progress=self.progress)
+                                progress=self.progress and ctx.progress)
             scores = {g.id: group_scores(g, samples) for g in groups}
             plan = graph.plan(scores, ctx.ratio, round_to=ctx.round_to, global_ranking=ctx.global_ranking,
                               min_keep=ctx.min_keep)
@@ -302,7 +302,7 @@ class ThiNetLSQ:
         locations = self.locations or int(meta.get("locations", DEFAULT_LOCATIONS))
         seed = self.seed if self.seed is not None else int(meta.get("seed", ctx.seed))
         samples = CACHE.get(original, graph.records, list(work), ctx.train_loader, images, locations, seed,
-                            progress=self.progress)
+                            progress=self.progress and ctx.progress)
         for name, kept in work.items():
             scale_inputs(pruned.get_submodule(name), consumer_scales(samples[name], kept))
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One torch thread everywhere (subprocesses too): the test models are tiny, and on a busy 2-core
+# machine a second thread mostly spin-waits (measured ~10x slower than one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -25,5 +27,24 @@ def _seed_and_threads():
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(before)
+
+
+def make_colour_folder(root: Path, sizes: dict[str, int]) -> Path:
+    """An image-folder dataset: ``root/<split>/{red,blue}/*.png``, 32x32 noise tinted red or blue
+    (``sizes[split]`` images per split, half per class) - learnable in a few steps."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in sizes.items():
+        for c, name in enumerate(("red", "blue")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n // 2):
+                img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
+                img[..., 2 if c == 0 else 0] += 120  # BGR
+                cv2.imwrite(str(root / split / name / f"{i}.png"), img)
+    return root

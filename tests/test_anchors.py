@@ -57,13 +57,27 @@ def test_estimate_frame_snaps_to_the_smallest_standard_frame():
 def test_write_card_anchors_replaces_only_that_key(tmp_path):
     card = tmp_path / "c.yaml"
     card.write_text("name: x\n# keep me\nanchors:\n  - [1, 2]\n  - [3, 4]\nimg_size: 608\n")
-    write_card_anchors(card, [[5, 6], [7, 8]], "k-means (1-IoU) anchors test")
+    write_card_anchors(card, [[5, 6], [7, 8]], "k-means (1-IoU) anchors test", 608)
     text = card.read_text()
     assert "# keep me" in text and "img_size: 608" in text and "[1, 2]" not in text
     assert yaml.safe_load(text)["anchors"] == [[5, 6], [7, 8]]
-    write_card_anchors(card, [[9, 9]], "k-means (1-IoU) anchors again")
+    write_card_anchors(card, [[9, 9]], "k-means (1-IoU) anchors again", 320)
     assert text.count("k-means") == 1 and card.read_text().count("k-means") == 1
-    assert yaml.safe_load(card.read_text()) == {"name": "x", "anchors": [[9, 9]], "img_size": 608}
+    assert yaml.safe_load(card.read_text()) == {"name": "x", "anchors": [[9, 9]], "anchors_img_size": 320,
+                                                "img_size": 608}
+
+
+def test_card_anchors_rescale_to_the_input_size():
+    from types import SimpleNamespace
+
+    from detprune.anchors import card_anchors
+
+    card = SimpleNamespace(extra={"anchors": [[10, 20], [30, 60]], "anchors_img_size": 608}, img_size=416)
+    assert card_anchors(card, 608) == [[10.0, 20.0], [30.0, 60.0]]
+    assert card_anchors(card, 304) == [[5.0, 10.0], [15.0, 30.0]]
+    card.extra.pop("anchors_img_size")  # falls back to the card's img_size
+    assert card_anchors(card, 208) == [[5.0, 10.0], [15.0, 30.0]]
+    assert card_anchors(SimpleNamespace(extra={}, img_size=None), 320) is None
 
 
 def _visdrone_split(root, lines_by_file):

@@ -24,14 +24,6 @@ from zoo import TOYS, build
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster than two fighting over a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _flat(out) -> torch.Tensor:
     if isinstance(out, dict):

@@ -4,37 +4,20 @@ from __future__ import annotations
 
 import json
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
 import detprune
 from detprune.measure import count_flops
 from detprune.pipeline import PipelineConfig, run
+from conftest import make_colour_folder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """train/ and val/ with two classes of 32x32 PNGs: red-ish or blue-ish noise."""
-    root = tmp_path_factory.mktemp("cls")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 32), ("val", 16)):
-        for c, name in enumerate(("red", "blue")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n // 2):
-                img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-                img[..., 2 if c == 0 else 0] += 120  # BGR
-                cv2.imwrite(str(root / split / name / f"{i}.png"), img)
-    return root
+    return make_colour_folder(tmp_path_factory.mktemp("cls"), {"train": 32, "val": 16})
 
 
 def test_autoslim_in_the_prune_pipeline_meets_its_flops_budget(folder, tmp_path):

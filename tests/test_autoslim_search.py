@@ -22,13 +22,6 @@ from detprune_plugins.slimmable import Slimmable, bn_state
 from test_train_support import TinyAdapter, colour_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def setup(width=8, seed=0):
     torch.manual_seed(seed)

@@ -94,3 +94,15 @@ def test_card_with_generate_key_makes_its_data(tmp_path):
                  "generate: {seed: 2, size: [256, 192], images: {train: 2}}\n")
     card = load_card(p)
     assert len(build_dataset(card, split="train")) == 2
+
+
+@pytest.mark.parametrize("size", [(160, 128), (96, 96), (48, 48)])
+def test_small_scenes_render_every_sprite(size):
+    """Tiny scenes scale sprites down; every shape must still draw (it once failed in cv2.ellipse)."""
+    from detprune.data.synthetic import render
+
+    for i in range(12):
+        img, rows = render(2, i, size)
+        assert img.shape[:2] == (size[1], size[0])
+        for left, top, w, h, *_ in rows:
+            assert w > 0 and h > 0 and left >= 0 and top >= 0

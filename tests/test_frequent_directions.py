@@ -10,14 +10,6 @@ from detprune_plugins.frequent_directions import (
     frequent_directions, gram_gap, mixing_matrix, procrustes_align, rebase_factors, sketch, svd_sketch, thin_svd)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """LAPACK on a shared 2-core machine is many times slower with 2 threads than with 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _decaying(n: int, d: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)

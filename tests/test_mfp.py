@@ -19,12 +19,6 @@ from test_train_support import TinyAdapter, colour_dataset
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids the spin-wait cost of a second thread on a shared CPU."""
-    torch.set_num_threads(1)
-    yield
-
 
 def setup(ratio=0.5, **options):
     adapter = TinyAdapter()

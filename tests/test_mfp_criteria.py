@@ -51,12 +51,6 @@ def test_residual_group_concatenates_each_channels_filters_across_producers(name
     assert group_filter_matrix(model, g).shape == (g.size, sum(b.shape[1] for b in blocks))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids the spin-wait cost of a second thread on a shared CPU."""
-    torch.set_num_threads(1)
-    yield
-
 
 def test_cosine_is_finite_for_an_all_zero_filter():
     x = torch.randn(6, 10)

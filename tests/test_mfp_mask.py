@@ -14,12 +14,6 @@ from detprune_plugins.channel_mask import channel_mask
 from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids the spin-wait cost of a second thread on a shared CPU."""
-    torch.set_num_threads(1)
-    yield
-
 
 def _plan(model, graph, criterion="l1", ratio=0.5):
     crit = detprune.plugins().criterion(criterion)

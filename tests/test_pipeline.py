@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import types
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -15,6 +13,7 @@ import detprune
 from detprune.errors import DetpruneError
 from detprune.measure import count_params
 from detprune.pipeline import PipelineConfig, run
+from conftest import make_colour_folder
 
 REPORT_KEYS = {"format", "model", "adapter_args", "task", "data", "pruner", "pruner_options", "criterion", "ratio",
                "compensators", "compensator_options", "device", "metric", "dense", "pruned", "before_finetune", "kept",
@@ -25,16 +24,7 @@ STATS_KEYS = {"params", "flops", "latency_ms", "latency", "metrics"}
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """train/ and val/ with two classes of 32x32 PNGs: red-ish or blue-ish noise."""
-    root = tmp_path_factory.mktemp("cls")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 8)):
-        for c, name in enumerate(("red", "blue")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n // 2):
-                img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-                img[..., 2 if c == 0 else 0] += 120  # BGR
-                cv2.imwrite(str(root / split / name / f"{i}.png"), img)
-    return root
+    return make_colour_folder(tmp_path_factory.mktemp("cls"), {"train": 16, "val": 8})
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +214,15 @@ def test_criterion_for_a_pruner_that_takes_none_is_an_error(folder, tmp_path):
     with pytest.raises(DetpruneError, match=r"^pruner 'slimming' takes no option 'criterion' \(--criterion l1\); "
                                             r"its options: .*shortcut"):
         run(cls_config(folder, tmp_path / "e", pruner="slimming", criterion="l1"))
+
+
+def test_no_progress_reaches_the_plugins(tmp_path, capsys):
+    """``progress=False`` on the context silences the compensators' own bars (sketch calibration)."""
+    from detprune.types import PruneContext
+    from detprune_plugins.sketch_bn import adabn
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    loader = [(torch.rand(2, 3, 8, 8), None) for _ in range(3)]
+    assert PruneContext().progress is True
+    assert adabn(model, loader, 3, progress=False) == 3
+    assert "sketch: AdaBN" not in capsys.readouterr().err

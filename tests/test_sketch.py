@@ -15,14 +15,6 @@ from detprune_plugins.frequent_directions import sketch as fd_sketch
 from detprune_plugins.sketch import Sketch, SketchOptionError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """LAPACK on a shared 2-core machine is many times slower with 2 threads than with 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class Toy(nn.Module):
     """conv-BN chain with a residual add, a concat consumer and a flatten->Linear head.

@@ -12,14 +12,6 @@ from detprune.types import PruneContext, PruningPlan
 from detprune_plugins.sketch import Sketch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """LAPACK on a shared 2-core machine is many times slower with 2 threads than with 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _build(name: str, **args):
     adapter = detprune.plugins().adapter(name, **args)

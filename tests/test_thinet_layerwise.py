@@ -12,12 +12,6 @@ from detprune_plugins.thinet_layerwise import input_side_first
 from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, flat_outputs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    """One torch thread: on a shared 2-core machine a second one mostly spin-waits (~10x slower here)."""
-    torch.set_num_threads(1)
-    yield
-
 TOY_NAMES = sorted(set(TOYS) - NOT_EXACT_AFTER_ZEROING)  # GroupNorm: zeroing changes group statistics
 
 

@@ -18,12 +18,6 @@ from detprune.types import PruneContext, PruningPlan
 from detprune_plugins.thinet import CACHE, ThiNetOptionError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    """One torch thread: on a shared 2-core machine a second one mostly spin-waits (~10x slower here)."""
-    torch.set_num_threads(1)
-    yield
-
 
 def _adapter(name: str, width: float = 0.125):
     ad = detprune.plugins().adapter(name, width=width)

@@ -14,12 +14,6 @@ from detprune.graph import trace
 from detprune_plugins.thinet_sampling import SamplingError, column_map, sample_consumers
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    """One torch thread: on a shared 2-core machine a second one mostly spin-waits (~10x slower here)."""
-    torch.set_num_threads(1)
-    yield
-
 LAYERS = {
     "conv-grouped-stride": (lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2), (3, 8, 11, 9)),
     "conv-dilated-reflect": (lambda: nn.Conv2d(8, 6, (3, 2), stride=(1, 2), padding=(2, 1), dilation=2,

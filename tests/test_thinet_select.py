@@ -13,12 +13,6 @@ from detprune_plugins.thinet_sampling import sample_consumers
 from detprune_plugins.thinet_select import greedy_removal, lsq_scales, order_scores, scale_inputs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_seed_and_threads):
-    """One torch thread: on a shared 2-core machine a second one mostly spin-waits (~10x slower here)."""
-    torch.set_num_threads(1)
-    yield
-
 
 def _layer_samples(C: int = 8, seed: int = 0) -> torch.Tensor:
     """Real contributions X[N, C] at the input of a 3x3 conv fed by conv-BN-ReLU (C channels)."""

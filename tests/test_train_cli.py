@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import csv
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
 from detprune.checkpoint import load_checkpoint
 from detprune.cli import main
+from conftest import REPO, make_colour_folder
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """train/ and val/ with two classes of 32x32 PNGs: red-ish or blue-ish noise."""
-    root = tmp_path_factory.mktemp("cls")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 16), ("val", 8)):
-        for c, name in enumerate(("red", "blue")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n // 2):
-                img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-                img[..., 2 if c == 0 else 0] += 120  # BGR
-                cv2.imwrite(str(root / split / name / f"{i}.png"), img)
-    return root
+    return make_colour_folder(tmp_path_factory.mktemp("cls"), {"train": 16, "val": 8})
 
 
 def train(folder, out, *extra):
@@ -86,3 +76,13 @@ def test_model_and_dataset_task_must_agree(folder, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "model 'yolov3' is a detection model but" in err and "is a classification dataset" in err
+
+
+def test_card_anchors_follow_the_input_size():
+    """VisDrone's anchors are stored in pixels of a 608 input; a 304 input gets them halved."""
+    from detprune.cli.train import _adapter_args
+    from detprune.data import load_card
+
+    card = load_card(REPO / "datasets" / "visdrone.yaml")
+    assert _adapter_args("yolov3", card, None, None)["anchors"][:2] == [[4.0, 6.0], [6.0, 12.0]]
+    assert _adapter_args("yolov3", card, 304, None)["anchors"][:2] == [[2.0, 3.0], [3.0, 6.0]]

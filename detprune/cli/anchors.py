@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             raise DetpruneError(f"--write needs a card file, got the folder {args.data}")
         write_card_anchors(Path(args.data), pairs,
                            f"k-means (1-IoU) anchors at {size} px over {len(shapes.wh)} {key} boxes, "
-                           f"mean IoU {iou:.3f} (`detprune anchors --write`)")
+                           f"mean IoU {iou:.3f} (`detprune anchors --write`)", size)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -127,6 +127,11 @@ def _has_split(card: Any, split: str) -> bool:
     return True
 
 
+def _default(params, name: str) -> Any:
+    p = params.get(name) if hasattr(params, "get") else None
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
 def _adapter_args(name: str, card: Any, img_size: int | None, width: float | None) -> dict[str, Any]:
     """Build arguments from the card (classes, size, anchors) that the adapter's constructor takes."""
     import detprune
@@ -137,7 +142,11 @@ def _adapter_args(name: str, card: Any, img_size: int | None, width: float | Non
     except (TypeError, ValueError):
         params = {}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    offered = {"num_classes": card.num_classes, "img_size": img_size, "anchors": card.extra.get("anchors")}
+    from detprune.anchors import card_anchors
+
+    size = img_size or card.img_size or _default(params, "img_size")
+    anchors = card_anchors(card, size) if size else card.extra.get("anchors")  # pixels of the input size
+    offered = {"num_classes": card.num_classes, "img_size": img_size, "anchors": anchors}
     args = {k: v for k, v in offered.items() if v is not None and (takes_all or k in params)}
     if width is not None:
         args["width"] = width  # passed even if unknown: the adapter's own error names the option

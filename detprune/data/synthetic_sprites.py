@@ -19,6 +19,11 @@ CAR_COLOURS = [(200, 30, 30), (30, 60, 180), (235, 235, 235), (170, 170, 175), (
                (210, 170, 40)]
 
 
+def _px(size: float) -> int:
+    """A sprite dimension in pixels: at least 3, so small scenes (tiny ``s``) still draw every shape."""
+    return max(3, int(size))
+
+
 def _canvas(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32)
 
@@ -44,7 +49,7 @@ def _pack(img: np.ndarray, alpha: np.ndarray) -> Sprite:
 
 
 def car(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(24, 30) * s), int(rng.uniform(12, 14) * s)
+    L, W = _px(rng.uniform(24, 30) * s), _px(rng.uniform(12, 14) * s)
     img, a = _canvas(W, L)
     body = _jitter(rng, CAR_COLOURS[rng.integers(len(CAR_COLOURS))])
     _rrect(img, a, 0, 0, L - 1, W - 1, body, r=max(2, W // 4))
@@ -57,7 +62,7 @@ def car(rng: Rng, s: float) -> Sprite:
 
 
 def van(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(32, 38) * s), int(rng.uniform(15, 17) * s)
+    L, W = _px(rng.uniform(32, 38) * s), _px(rng.uniform(15, 17) * s)
     img, a = _canvas(W, L)
     body = _jitter(rng, [(235, 235, 230), (205, 205, 200), (215, 200, 160)][rng.integers(3)], 8)
     _rrect(img, a, 0, 0, L - 1, W - 1, body, r=2)
@@ -68,7 +73,7 @@ def van(rng: Rng, s: float) -> Sprite:
 
 
 def truck(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(46, 58) * s), int(rng.uniform(17, 20) * s)
+    L, W = _px(rng.uniform(46, 58) * s), _px(rng.uniform(17, 20) * s)
     img, a = _canvas(W, L)
     cab = int(L * 0.22)
     _rrect(img, a, L - cab, 1, L - 1, W - 2, _jitter(rng, [(30, 70, 170), (180, 30, 30)][rng.integers(2)]), r=2)
@@ -80,7 +85,7 @@ def truck(rng: Rng, s: float) -> Sprite:
 
 
 def bus(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(60, 72) * s), int(rng.uniform(18, 20) * s)
+    L, W = _px(rng.uniform(60, 72) * s), _px(rng.uniform(18, 20) * s)
     img, a = _canvas(W, L)
     body = _jitter(rng, [(240, 200, 30), (200, 50, 40), (40, 140, 80)][rng.integers(3)], 10)
     _rrect(img, a, 0, 0, L - 1, W - 1, body, r=3)
@@ -92,7 +97,7 @@ def bus(rng: Rng, s: float) -> Sprite:
 
 
 def tricycle(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(18, 22) * s), int(rng.uniform(12, 14) * s)
+    L, W = _px(rng.uniform(18, 22) * s), _px(rng.uniform(12, 14) * s)
     img, a = _canvas(W, L)
     col = _jitter(rng, [(40, 140, 60), (140, 90, 40)][rng.integers(2)])
     pts = np.array([[0, 0], [int(L * 0.6), 0], [L - 1, W // 2], [int(L * 0.6), W - 1], [0, W - 1]], np.int32)
@@ -104,7 +109,7 @@ def tricycle(rng: Rng, s: float) -> Sprite:
 
 
 def awning_tricycle(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(20, 24) * s), int(rng.uniform(14, 16) * s)
+    L, W = _px(rng.uniform(20, 24) * s), _px(rng.uniform(14, 16) * s)
     img, a = _canvas(W, L)
     stripe = [(40, 80, 200), (210, 40, 40)][rng.integers(2)]
     _rrect(img, a, 0, 0, int(L * 0.72), W - 1, (245, 245, 245), r=1)
@@ -118,7 +123,7 @@ def awning_tricycle(rng: Rng, s: float) -> Sprite:
 
 
 def motor(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(14, 17) * s), int(rng.uniform(6, 7) * s)
+    L, W = _px(rng.uniform(14, 17) * s), _px(rng.uniform(6, 7) * s)
     img, a = _canvas(W, L)
     cv2.ellipse(img, (L // 2, W // 2), (L // 2, W // 2), 0, 0, 360, _jitter(rng, (50, 30, 70)), -1)
     cv2.ellipse(a, (L // 2, W // 2), (L // 2, W // 2), 0, 0, 360, 1.0, -1)
@@ -127,7 +132,7 @@ def motor(rng: Rng, s: float) -> Sprite:
 
 
 def bicycle(rng: Rng, s: float) -> Sprite:
-    L, W = int(rng.uniform(15, 18) * s), int(rng.uniform(6, 7) * s)
+    L, W = _px(rng.uniform(15, 18) * s), _px(rng.uniform(6, 7) * s)
     img, a = _canvas(W, L)
     col = _jitter(rng, (40, 200, 210), 20)
     for im, c in ((img, col), (a, 1.0)):
@@ -140,7 +145,7 @@ def bicycle(rng: Rng, s: float) -> Sprite:
 
 
 def pedestrian(rng: Rng, s: float) -> Sprite:
-    D = int(rng.uniform(10, 13) * s)
+    D = _px(rng.uniform(10, 13) * s)
     img, a = _canvas(D, D)
     shirt = _jitter(rng, [(220, 60, 160), (230, 120, 30), (90, 60, 200)][rng.integers(3)], 20)
     for im, c in ((img, shirt), (a, 1.0)):
@@ -151,7 +156,7 @@ def pedestrian(rng: Rng, s: float) -> Sprite:
 
 def people(rng: Rng, s: float) -> Sprite:
     n = int(rng.integers(2, 4))
-    d = int(rng.uniform(8, 10) * s)
+    d = _px(rng.uniform(8, 10) * s)
     L, W = n * d + 2, d + 4
     img, a = _canvas(W, L)
     bench = (150, 110, 70)
@@ -166,7 +171,7 @@ def people(rng: Rng, s: float) -> Sprite:
 
 
 def others(rng: Rng, s: float) -> Sprite:
-    D = int(rng.uniform(12, 16) * s)
+    D = _px(rng.uniform(12, 16) * s)
     img, a = _canvas(D, D)
     _rrect(img, a, 0, 0, D - 1, D - 1, _jitter(rng, (120, 90, 60)), r=1)
     cv2.line(img, (0, 0), (D - 1, D - 1), (70, 50, 30), 1)
