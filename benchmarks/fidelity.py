@@ -175,7 +175,9 @@ def _fmt(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detprune.cli.bench import fidelity_arguments  # one definition of the options, shared with the CLI
+    from detprune.cli.bench import (
+        fidelity_arguments,  # one definition of the options, shared with the CLI
+    )
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     fidelity_arguments(p)
@@ -190,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 1 if result["errors"] else 0
+
+
+def method_main(name: str) -> int:
+    """``python benchmarks/fidelity_<name>.py [--full] [--json] ...``: this table for one method, quick
+    unless ``--full`` (the row modules' own scripts are thin wrappers around this)."""
+    argv = sys.argv[1:]
+    quick = [] if "--full" in argv else ["--quick"]
+    return main(["--methods", name, *quick, *[a for a in argv if a != "--full"]])
 
 
 if __name__ == "__main__":

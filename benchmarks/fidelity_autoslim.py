@@ -18,15 +18,19 @@ torch thread) and trains briefly: its numbers are a smoke test of the claim, not
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from detprune_plugins.autoslim import AutoSlim
+from detprune_plugins.autoslim_flops import FlopModel
+from detprune_plugins.autoslim_score import take_batches
+from detprune_plugins.slimmable import Slimmable, calibrate_bn
+from fidelity_data import CIFAR, Flip, cifar, synthetic
 from torch.utils.data import Dataset, TensorDataset
 
 import detprune
@@ -35,11 +39,6 @@ from detprune.evaluate import evaluate_classifier
 from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext
-from detprune_plugins.autoslim import AutoSlim
-from detprune_plugins.autoslim_flops import FlopModel
-from detprune_plugins.autoslim_score import take_batches
-from detprune_plugins.slimmable import Slimmable, calibrate_bn
-from fidelity_data import CIFAR, Flip, cifar, synthetic
 
 QUICK = dict(width=0.125, n_train=2560, n_search=256, n_test=1000, epochs=6, batch=64, lr=0.1, budgets=(0.5,),
              score_batches=2, calib_batches=4, bn="batch", finetune_epochs=0, threads=1)
@@ -133,19 +132,8 @@ def _uniform_pct(slim: Slimmable, cfg: dict[int, int]) -> int:
     return round(100 * kept / total)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="the long run (GPU)")
-    p.add_argument("--json", action="store_true")
-    a = p.parse_args()
-    rows = run(quick=not a.full)
-    if a.json:
-        print(json.dumps({"rows": rows}, indent=1))
-        return
-    for r in rows:
-        print(f"{r['method']:>10} {r['method_value']:.4f}  vs  {r['baseline']} {r['baseline_value']:.4f}   "
-              f"{r['metric']}\n    {r['notes']}")
-
 
 if __name__ == "__main__":
-    main()
+    from fidelity import method_main
+
+    sys.exit(method_main("autoslim"))

@@ -20,14 +20,15 @@ setting) belongs on a GPU.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from detprune_plugins.mfp import DEFAULT_CRITERIA, MFP
+from fidelity_data import train_test
 
 import detprune
 from detprune.distributed import make_loader
@@ -35,8 +36,6 @@ from detprune.evaluate import evaluate_classifier
 from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext
-from detprune_plugins.mfp import DEFAULT_CRITERIA, MFP
-from fidelity_data import train_test
 
 QUICK = dict(model="vgg16-cifar", args=dict(width=0.125), n_train=2500, n_test=1000, dense_epochs=8,
              soft_epochs=3, ratio=0.4, batch=64, lr=0.05, soft_lr=0.01, threads=1, mask_bn=True)
@@ -98,21 +97,8 @@ def run(quick: bool = True) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="the full protocol (ResNet-56, all images; for a GPU)")
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = ap.parse_args()
-    rows = run(quick=not args.full)
-    if args.json:
-        print(json.dumps({"rows": rows}, indent=2))
-        return
-    print(f"{'method':8} {'baseline':18} {'metric':6} {'method':>8} {'baseline':>9} {'delta':>7}")
-    for r in rows:
-        print(f"{r['method']:8} {r['baseline']:18} {r['metric']:6} {r['method_value']:8.4f} {r['baseline_value']:9.4f} "
-              f"{r['method_value'] - r['baseline_value']:+7.4f}")
-    print(rows[0]["notes"])
-
 
 if __name__ == "__main__":
-    main()
+    from fidelity import method_main
+
+    sys.exit(method_main("mfp"))

@@ -33,15 +33,16 @@ full run (width 1, all images, 160 + 40 epochs, s = 1e-4 as in Network Slimming)
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from detprune_plugins.sketch_bn import adabn
+from fidelity_data import train_test
 
 import detprune
 from detprune.distributed import make_loader
@@ -49,8 +50,6 @@ from detprune.evaluate import evaluate_classifier
 from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext
-from detprune_plugins.sketch_bn import adabn
-from fidelity_data import train_test
 
 QUICK = dict(width=0.25, n_train=2000, n_test=1000, epochs=15, s=5e-3, lr=0.1, batch=64, ratio=0.7, alpha=0.3,
              calib_batches=10, finetune_epochs=5, finetune_lr=0.01, threads=1)
@@ -153,21 +152,8 @@ def run(quick: bool = True) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="the full protocol (width 1, all images; for a GPU)")
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = ap.parse_args()
-    rows = run(quick=not args.full)
-    if args.json:
-        print(json.dumps({"rows": rows}, indent=2))
-        return
-    print(f"{'method':16} {'baseline':9} {'metric':66} {'method':>8} {'baseline':>9} {'delta':>8}")
-    for r in rows:
-        print(f"{r['method']:16} {r['baseline']:9} {r['metric']:66} {r['method_value']:8.4f} "
-              f"{r['baseline_value']:9.4f} {r['method_value'] - r['baseline_value']:+8.4f}")
-    print(rows[0]["notes"])
-
 
 if __name__ == "__main__":
-    main()
+    from fidelity import method_main
+
+    sys.exit(method_main("sketch"))

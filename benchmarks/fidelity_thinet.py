@@ -26,16 +26,16 @@ epochs) belongs on a GPU.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from fidelity_data import train_test
 
 import detprune
 from detprune.distributed import make_loader
@@ -43,7 +43,6 @@ from detprune.evaluate import evaluate_classifier
 from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext, PruningPlan
-from fidelity_data import train_test
 
 QUICK = dict(args=dict(width=0.25), n_train=2500, n_test=1000, epochs=10, batch=64, lr=0.05, images=256,
              single_ratio=0.5, all_ratio=0.3, threads=1)
@@ -163,21 +162,8 @@ def run(quick: bool = True) -> list[dict]:
         torch.set_num_threads(threads)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="the full protocol (width 1, all images; for a GPU)")
-    ap.add_argument("--json", action="store_true", help="print the rows as JSON")
-    args = ap.parse_args()
-    rows = run(quick=not args.full)
-    if args.json:
-        print(json.dumps({"rows": rows}, indent=2))
-        return
-    print(f"{'method':17} {'baseline':8} {'metric':62} {'method':>8} {'baseline':>9} {'delta':>8}")
-    for r in rows:
-        print(f"{r['method']:17} {r['baseline']:8} {r['metric']:62} {r['method_value']:8.4f} {r['baseline_value']:9.4f} "
-              f"{r['method_value'] - r['baseline_value']:+8.4f}")
-    print(rows[0]["notes"])
-
 
 if __name__ == "__main__":
-    main()
+    from fidelity import method_main
+
+    sys.exit(method_main("thinet"))

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from detprune_plugins.sketch_bn import adabn
 from torch.utils.data import Subset
 
 import detprune
@@ -37,7 +38,6 @@ from detprune.evaluate import evaluate_classifier
 from detprune.graph import trace
 from detprune.train import Trainer
 from detprune.types import PruneContext
-from detprune_plugins.sketch_bn import adabn
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"rebase/fold": dict(variant="rebase", bn="fold"), "rebase/reinit": dict(variant="rebase", bn="reinit"),

@@ -139,7 +139,7 @@ class Recorder(TorchFunctionMode):
         out = func(*args, **kwargs)
         if self.leaf_depth:
             return out
-        tensors = _tensors(args, kwargs)
+        tensors = flat_tensors(args, kwargs)
         if not tensors:
             return out
         info = self.info
@@ -259,7 +259,8 @@ class Recorder(TorchFunctionMode):
             self.leaf_depth -= 1  # leaf outputs stay untracked: their channels are fixed
 
 
-def _tensors(args: Iterable[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+def flat_tensors(args: Iterable[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
+    """The tensors among an op's arguments, including those inside lists/tuples (``torch.cat``)."""
     found = []
     for a in list(args) + list(kwargs.values()):
         if isinstance(a, torch.Tensor):
@@ -275,7 +276,7 @@ def run_capture(model: nn.Module, inputs: tuple[Any, ...], leaves: Sequence[Any]
     for lf in rec.leaves:
         if isinstance(lf, str) and lf not in {n for n in rec.names.values()}:
             raise GraphError(f"leaf module '{lf}' is not in the model (leaves={rec.leaves!r})")
-    for t in _tensors(inputs, {}):
+    for t in flat_tensors(inputs, {}):
         if t.dim() >= 2:  # the model's input channels are fixed; minted so ops can follow them
             ids = rec.mint(t.shape[1], "model input", fixed="model input channels")
             rec.set(t, ids.reshape([1, -1] + [1] * (t.dim() - 2)))

@@ -12,23 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from detprune.graph.capture import ParamSlot
+from detprune.graph.capture import ParamSlot, flat_tensors
 from detprune.graph.ops_layers import arg, varying
 
 
 def align(ids: np.ndarray, nd: int) -> np.ndarray:
     """Left-pad an id array with unit axes to rank ``nd`` (numpy broadcasting rules)."""
     return ids.reshape((1,) * (nd - ids.ndim) + ids.shape) if ids.ndim < nd else ids
-
-
-def flat_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    found = []
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, torch.Tensor):
-            found.append(a)
-        elif isinstance(a, (list, tuple)):
-            found.extend(x for x in a if isinstance(x, torch.Tensor))
-    return found
 
 
 def out_tensors(out: Any) -> list[torch.Tensor]:

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from detprune.graph.ops_elementwise import HANDLERS as ELEMENTWISE, PASS as _PASS, align, out_tensors, pointwise, unify
+from detprune.graph.ops_elementwise import HANDLERS as ELEMENTWISE
+from detprune.graph.ops_elementwise import PASS as _PASS
+from detprune.graph.ops_elementwise import align, out_tensors, pointwise, unify
 from detprune.graph.ops_index import HANDLERS as INDEXING
 from detprune.graph.ops_layers import arg, varying
 

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 from detprune.errors import GraphError
-from detprune.graph.clone import clone
 from detprune.graph.capture import ModRecord
-
+from detprune.graph.clone import clone
 
 Changes = tuple[dict[str, torch.Tensor], dict[str, Any]]  # new tensors by name, new attributes
 
