@@ -21,6 +21,8 @@ data and budgets are CPU-sized with --quick.
                                                                  # the demo's YOLOv3, a small CenterNet
     python benchmarks/seed_tables.py --only vgg16 --device cuda  # full-size VGG16 on the whole sample
     python benchmarks/seed_tables.py --yolo-data hit-uav         # YOLOv3/CenterNet on real HIT-UAV images
+    python benchmarks/seed_tables.py --quick --only yolov3 --yolo-data hit-uav \
+        --set yolov3.img_size=640 --set yolov3.dense_epochs=60 --set 'yolov3.alphas=[0.3]'   # any study setting
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +277,26 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def overridden(found: list[Study], settings: list[str], parser: argparse.ArgumentParser) -> list[Study]:
+    """The studies with ``--set STUDY.KEY=VALUE`` applied (VALUE read as YAML; lists become tuples)."""
+    import yaml
+
+    by_name = {s.name: s for s in found}
+    keys = {f.name for f in fields(Study)} - {"name"}
+    for item in settings:
+        target, sep, value = item.partition("=")
+        study, dot, key = target.partition(".")
+        if not (sep and dot):
+            parser.error(f"--set {item!r}: expected STUDY.KEY=VALUE, e.g. yolov3.img_size=640")
+        if study not in by_name:
+            parser.error(f"--set {item!r}: unknown study {study!r} (known: {', '.join(by_name)})")
+        if key not in keys:
+            parser.error(f"--set {item!r}: unknown setting {key!r} (known: {', '.join(sorted(keys))})")
+        parsed = yaml.safe_load(value)
+        by_name[study] = replace(by_name[study], **{key: tuple(parsed) if isinstance(parsed, list) else parsed})
+    return list(by_name.values())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU-sized models, data and budgets")
@@ -284,6 +306,9 @@ def main() -> int:
     p.add_argument("--out", default="runs/seed_tables")
     p.add_argument("--device")
     p.add_argument("--retrain", action="store_true", help="retrain the dense models instead of reusing them")
+    p.add_argument("--set", action="append", default=[], metavar="STUDY.KEY=VALUE",
+                   help="override a study setting, VALUE as YAML, e.g. yolov3.img_size=640 or yolov3.alphas=[0.3] "
+                        "(repeatable)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -293,7 +318,7 @@ def main() -> int:
     out = Path(args.out)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    for study in studies(args.quick, args.yolo_data):
+    for study in overridden(studies(args.quick, args.yolo_data), args.set, p):
         if chosen and study.name not in chosen:
             continue
         if study.name == "vgg16" and not (SHARED / "cifar10-sample").is_dir():

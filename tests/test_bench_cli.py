@@ -213,3 +213,39 @@ def test_full_quick_run_covers_all_four_methods(capsys, monkeypatch):
     result = json.loads(out)
     assert result["errors"] == {}
     assert {r["method"].split("+")[0].split("-")[0] for r in result["rows"]} >= {"thinet", "mfp", "autoslim", "ns"}
+
+
+def _seed_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("seed_tables_under_test", BENCH / "seed_tables.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_seed_tables_set_overrides_one_study_and_reads_yaml_values():
+    import argparse
+
+    st = _seed_tables()
+    found = st.studies(quick=True, yolo_data="synthetic")
+    out = st.overridden(found, ["yolov3.img_size=640", "yolov3.alphas=[0.3]", "yolov3.model_args={depth: 0.5}"],
+                        argparse.ArgumentParser())
+    yolo = next(s for s in out if s.name == "yolov3")
+    assert (yolo.img_size, yolo.alphas, yolo.model_args) == (640, (0.3,), {"depth": 0.5})
+    assert [s for s in out if s.name != "yolov3"] == [s for s in found if s.name != "yolov3"]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("yolov3.bogus=1", "--set 'yolov3.bogus=1': unknown setting 'bogus'"),
+    ("nope.img_size=1", "--set 'nope.img_size=1': unknown study 'nope' (known: vgg16, yolov3, centernet)"),
+    ("img_size=1", "--set 'img_size=1': expected STUDY.KEY=VALUE"),
+])
+def test_seed_tables_set_rejects_bad_overrides_by_name(capsys, item, message):
+    import argparse
+
+    st = _seed_tables()
+    with pytest.raises(SystemExit):
+        st.overridden(st.studies(quick=True, yolo_data="synthetic"), [item], argparse.ArgumentParser())
+    assert message in capsys.readouterr().err
