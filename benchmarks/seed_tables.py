@@ -21,8 +21,8 @@ data and budgets are CPU-sized with --quick.
                                                                  # the demo's YOLOv3, a small CenterNet
     python benchmarks/seed_tables.py --only vgg16 --device cuda  # full-size VGG16 on the whole sample
     python benchmarks/seed_tables.py --yolo-data hit-uav         # YOLOv3/CenterNet on real HIT-UAV images
-    python benchmarks/seed_tables.py --quick --only yolov3 --yolo-data hit-uav \
-        --set yolov3.img_size=640 --set yolov3.dense_epochs=60 --set 'yolov3.alphas=[0.3]'   # any study setting
+    python benchmarks/seed_tables.py --quick --only yolov3 --yolo-data hit-uav --set yolov3.img_size=640
+                                                                 # --set STUDY.KEY=VALUE: any study setting
 """
 from __future__ import annotations
 
