@@ -30,7 +30,7 @@ from detprune_plugins.autoslim import AutoSlim
 from detprune_plugins.autoslim_flops import FlopModel
 from detprune_plugins.autoslim_score import take_batches
 from detprune_plugins.slimmable import Slimmable, calibrate_bn
-from fidelity_data import CIFAR, Flip, cifar, synthetic
+from fidelity_data import CIFAR, Flip, bench_threads, cifar, synthetic
 from torch.utils.data import Dataset, TensorDataset
 
 import detprune
@@ -68,12 +68,9 @@ def _uniform(slim: Slimmable, flops: FlopModel, budget: float) -> tuple[dict[int
 def run(quick: bool = True) -> list[dict[str, Any]]:
     cfg = QUICK if quick else FULL
     logging.getLogger("detprune").setLevel(logging.ERROR)
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     t0 = time.perf_counter()
-    try:
+    with bench_threads(cfg["threads"]):
         torch.manual_seed(0)
         train_ds, search_ds, test_ds, source = _data(cfg)
         adapter = detprune.plugins().adapter("vgg16-cifar", width=cfg["width"])
@@ -122,8 +119,6 @@ def run(quick: bool = True) -> list[dict[str, Any]]:
                               f"{time.perf_counter() - t0:.0f}s"),
                 })
         return rows
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _uniform_pct(slim: Slimmable, cfg: dict[int, int]) -> int:

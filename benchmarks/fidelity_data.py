@@ -9,8 +9,9 @@ for several epochs on a few thousand 32x32 images, so decoding JPEGs once pays f
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -62,3 +63,16 @@ class Flip(Dataset):
     def __getitem__(self, i: int):
         image, label = self.base[i]
         return (image.flip(-1) if torch.rand(()) < 0.5 else image), label
+
+
+@contextlib.contextmanager
+def bench_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (``None``: as they are), restoring the count after: a
+    second thread on a shared 2-core machine only spin-waits, and callers' settings must survive."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from detprune_plugins.mfp import DEFAULT_CRITERIA, MFP
-from fidelity_data import train_test
+from fidelity_data import bench_threads, train_test
 
 import detprune
 from detprune.distributed import make_loader
@@ -63,11 +63,8 @@ def _soft_prune(dense_state, adapter, train, test, criteria, cfg, out: Path) -> 
 def run(quick: bool = True) -> list[dict]:
     """Rows ``{"method": "mfp", "baseline": "sfp-<criterion>", "metric": "top1", ...}``, one per criterion."""
     cfg = QUICK if quick else FULL
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])
     logging.getLogger("detprune").setLevel(logging.WARNING)
-    try:
+    with bench_threads(cfg["threads"]):
         t0 = time.perf_counter()
         train_ds, test_ds, source = train_test(cfg)
         adapter = detprune.plugins().adapter(cfg["model"], **cfg["args"])
@@ -93,8 +90,6 @@ def run(quick: bool = True) -> list[dict]:
         return [{"method": "mfp", "baseline": f"sfp-{name}", "metric": "top1", "method_value": round(mfp_top1, 4),
                  "baseline_value": round(results[name][0], 4), "notes": common}
                 for name in DEFAULT_CRITERIA]
-    finally:
-        torch.set_num_threads(threads)
 
 
 

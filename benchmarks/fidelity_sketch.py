@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 from detprune_plugins.sketch_bn import adabn
-from fidelity_data import train_test
+from fidelity_data import bench_threads, train_test
 
 import detprune
 from detprune.distributed import make_loader
@@ -88,11 +88,8 @@ def _finetune(model, adapter, train, cfg, out: Path) -> None:
 def run(quick: bool = True) -> list[dict]:
     """Rows ``{"method": "ns+sketch", "baseline": "ns" | "ns+adabn", "metric", ...}``: before and after fine-tuning."""
     cfg = QUICK if quick else FULL
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])  # a second thread on a shared 2-core machine only spin-waits
     logging.getLogger("detprune").setLevel(logging.WARNING)
-    try:
+    with bench_threads(cfg["threads"]):
         t0 = time.perf_counter()
         train_ds, test_ds, source = train_test(cfg)
         hub = detprune.plugins()
@@ -148,8 +145,6 @@ def run(quick: bool = True) -> list[dict]:
             row("ns+sketch-procrustes", "ns", before_ft, before),
             row("ns+sketch-procrustes", "ns", after_ft, after),
         ]
-    finally:
-        torch.set_num_threads(threads)
 
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fidelity_data import train_test
+from fidelity_data import bench_threads, train_test
 
 import detprune
 from detprune.distributed import make_loader
@@ -116,11 +116,8 @@ def _rows(method: str, metric: str, m: tuple[float, float], b: tuple[float, floa
 def run(quick: bool = True) -> list[dict]:
     """Rows ``{"method", "baseline": "l1", "metric", "method_value", "baseline_value", "notes"}``."""
     cfg = QUICK if quick else FULL
-    threads = torch.get_num_threads()
-    if cfg["threads"]:
-        torch.set_num_threads(cfg["threads"])  # a second thread on a shared 2-core machine only spin-waits
     logging.getLogger("detprune").setLevel(logging.WARNING)
-    try:
+    with bench_threads(cfg["threads"]):
         t0 = time.perf_counter()
         train_ds, test_ds, source = train_test(cfg)
         adapter = detprune.plugins().adapter("vgg16-cifar", **cfg["args"])
@@ -158,8 +155,6 @@ def run(quick: bool = True) -> list[dict]:
         for r in rows:
             r["notes"] += f"; {time.perf_counter() - t0:.0f}s total"
         return rows
-    finally:
-        torch.set_num_threads(threads)
 
 
 
