@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from detprune import checkpoint as ckpt
 from detprune import distributed as D
+from detprune.data.collate import move_batch
 from detprune.ema import ModelEMA
 from detprune.errors import DetpruneError
 from detprune.runlog import plot_history, write_metrics_csv
@@ -271,7 +272,7 @@ class Trainer:
         """``(images, targets, *rest)`` with images and target tensors on the training device."""
         images, targets, *rest = batch
         images = to_device(images, self.device, self.cfg.channels_last)
-        targets = _move(targets, self.device)
+        targets = move_batch(targets, self.device, non_blocking=True)
         return images, targets, (images, targets, *rest)
 
     def _amp_dtype(self) -> torch.dtype | None:
@@ -364,14 +365,3 @@ class Trainer:
         factor = warmup_cosine(step, **self._schedule)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor
-
-
-def _move(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    return obj
-

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 import detprune
+from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.graph.capture import evaluating
@@ -38,7 +39,7 @@ from detprune.measure import count_flops
 from detprune.types import PruneContext, PruningPlan
 from detprune_plugins.autoslim_distill import detach, distill_loss
 from detprune_plugins.autoslim_flops import FlopModel
-from detprune_plugins.autoslim_score import BN_MODES, METRICS, Scorer, take_batches, to_device
+from detprune_plugins.autoslim_score import BN_MODES, METRICS, Scorer, take_batches
 from detprune_plugins.autoslim_search import found_config, greedy_slimming
 from detprune_plugins.slimmable import Slimmable, bn_state, frozen_statistics, load_bn_state
 
@@ -79,7 +80,7 @@ class AutoSlim:
             if adapter is None:
                 raise DetpruneError("autoslim: making a model slimmable needs its graph or its adapter")
             device = next(model.parameters()).device
-            graph = trace(model, to_device(tuple(adapter.example_inputs(1)), device), protected=adapter.protected(model))
+            graph = trace(model, move_batch(tuple(adapter.example_inputs(1)), device), protected=adapter.protected(model))
         o = self.options
         self.slim = Slimmable(model, graph, bins=o["bins"], round_to=o["round_to"], min_level=o["min_level"]).attach()
         if not self.slim.units:
@@ -139,7 +140,7 @@ class AutoSlim:
             raise DetpruneError("autoslim: plan needs ctx.adapter (the model's loss scores the widths)")
         inputs = tuple(ctx.example_inputs) or tuple(graph.example_inputs)
         device = next(model.parameters()).device
-        inputs = to_device(inputs, device)
+        inputs = move_batch(inputs, device)
         slim = self.slimmable(model, graph)
         try:
             flop_model = FlopModel(model, graph, inputs)

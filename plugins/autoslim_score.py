@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.graph.capture import evaluating
 from detprune_plugins.slimmable import Slimmable, batch_statistics, calibrate_bn
@@ -57,16 +58,6 @@ def take_batches(loader: Iterable[Any], n: int, seed: int = 0) -> list[Any]:
     return out
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    return obj
-
-
 class Scorer:
     """``scorer(config) -> tuple`` (higher is better) for the masked model at ``config``."""
 
@@ -91,8 +82,8 @@ class Scorer:
         self.model, self.slim, self.adapter = model, slim, adapter
         self.metric, self.bn, self.dataset = metric, bn, dataset
         device = next(model.parameters()).device
-        self.batches = [to_device(b, device) for b in batches]
-        self.calib = [to_device(c, device) for c in calib]
+        self.batches = [move_batch(b, device) for b in batches]
+        self.calib = [move_batch(c, device) for c in calib]
         self.evaluations = 0
 
     @torch.no_grad()

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 import detprune
 from detprune import distributed as D
+from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.types import PruneContext, PruningPlan
 from detprune_plugins import mfp_meta
@@ -193,7 +194,7 @@ class MFP:
                 raise DetpruneError("mfp: cannot trace the model: ctx.example_inputs is empty and there is no adapter")
             device = next(model.parameters()).device
             protected = tuple(adapter.protected(model)) if adapter is not None else ()
-            self._graph = trace(model, mfp_meta.move(tuple(inputs), device), protected=protected)
+            self._graph = trace(model, move_batch(tuple(inputs), device), protected=protected)
         fp = self._graph.fingerprint()
         if self._kept and self._fingerprint and fp != self._fingerprint:
             log.warning("mfp: the stored mask belongs to another model structure; it is dropped")
@@ -221,11 +222,11 @@ class MFP:
             else:
                 batches = []
                 for batch in loader:
-                    batches.append(mfp_meta.move(batch, torch.device("cpu")))
+                    batches.append(move_batch(batch, torch.device("cpu")))
                     if len(batches) == self.meta_batches:
                         break
                 self._batches = batches
-        return [mfp_meta.move(b, device) for b in self._batches]
+        return [move_batch(b, device) for b in self._batches]
 
     def _switch(self, model: nn.Module, graph, epoch: int) -> PruningPlan:
         """Try every neighbour network; follow the criterion whose neighbour moves the meta-attribute least."""

@@ -26,17 +26,6 @@ from detprune.errors import DetpruneError
 MetaAttribute = Callable[[nn.Module, Sequence[Any], Any], float]
 
 
-def move(obj: Any, device: torch.device) -> Any:
-    """Tensors in a nested batch to ``device`` (lists, tuples, dicts kept)."""
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(move(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: move(v, device) for k, v in obj.items()}
-    return obj
-
-
 def loss(model: nn.Module, batches: Sequence[Any], adapter: Any) -> float:
     """Mean ``adapter.loss`` over ``batches`` (``(images, targets, ...)``), eval mode, no grad."""
     if adapter is None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.types import PruneContext, PruningPlan
 from detprune_plugins.channel_mask import ChannelMask
@@ -38,16 +39,6 @@ def input_side_first(graph, groups: list) -> list:
     return sorted(groups, key=lambda g: min(graph.records[m].order for m in g.modules("out")))
 
 
-def _move(obj: Any, device: torch.device) -> Any:
-    if torch.is_tensor(obj):
-        return obj.to(device)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_move(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    return obj
-
-
 def finetune_steps(model: nn.Module, adapter: Any, loader: Any, steps: int, masks: ChannelMask,
                    lr: float = 1e-3, progress: bool = True) -> float:
     """``steps`` SGD steps (momentum 0.9, wd 5e-4, as ThiNet) on ``adapter.loss``; masks re-applied after each."""
@@ -66,7 +57,7 @@ def finetune_steps(model: nn.Module, adapter: Any, loader: Any, steps: int, mask
             for batch in loader:
                 batches += 1
                 images, targets = batch[0], batch[1]
-                loss, _ = adapter.loss(model(images.to(device)), _move(targets, device))
+                loss, _ = adapter.loss(model(images.to(device)), move_batch(targets, device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,7 +1,7 @@
-"""Batching detection samples whose box counts differ."""
+"""Batching detection samples whose box counts differ, and moving such batches between devices."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -19,3 +19,18 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict, dict]]) -> tuple
         raise ValueError(f"images in a batch differ in size {sorted(shapes)}: build the dataset with img_size")
     return torch.stack(images), list(targets), list(metas)
 
+
+
+def move_batch(obj: Any, device: torch.device | str, non_blocking: bool = False) -> Any:
+    """The tensors of a nested batch (lists, tuples, dicts kept; other leaves as they are) on ``device``.
+
+    ``non_blocking`` only for host-to-device copies from pinned memory (the Trainer's loader): a
+    non-blocking copy back to the host may be read before it lands.
+    """
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(move_batch(o, device, non_blocking) for o in obj)
+    if isinstance(obj, dict):
+        return {k: move_batch(v, device, non_blocking) for k, v in obj.items()}
+    return obj
