@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "prune": "detprune.api",
     "PruneResult": "detprune.api",
-    "save": "detprune.graph.recipe",
-    "load": "detprune.graph.recipe",
+    "save": "detprune.recipe",
+    "load": "detprune.recipe",
     "evaluate": "detprune.evaluate",
     "plugins": "detprune.host",
     "PruningPlan": "detprune.types",

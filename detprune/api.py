@@ -15,6 +15,7 @@ from torch import nn
 from detprune.graph import ChannelGraph, trace
 from detprune.graph.trace import as_inputs
 from detprune.measure import count_flops, count_params
+from detprune.recipe import ATTR, builder_spec, mark
 from detprune.types import PruneContext, PruningPlan
 
 
@@ -33,6 +34,7 @@ class PruneResult:
     params_after: int
     builder: dict[str, Any] | None = None
     dense: nn.Module | None = field(default=None, repr=False)
+    parent: dict[str, Any] | None = field(default=None, repr=False)  # recipe of a model loaded by detprune.load
     _flops: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -58,23 +60,6 @@ class PruneResult:
                 f"FLOPs {self.flops_before:,} -> {self.flops_after:,} ({self.flops_after / max(self.flops_before, 1):.1%})")
 
 
-def builder_spec(builder: Any) -> dict[str, Any] | None:
-    """Normalise ``builder`` to ``{"adapter": name, "args": {...}}`` or ``{"callable": "mod:fn", "args": {...}}``."""
-    if builder is None:
-        return None
-    if isinstance(builder, dict):
-        if not ({"adapter", "callable"} & set(builder)):
-            raise ValueError(f"builder must name an 'adapter' or a 'callable', got keys {sorted(builder)}")
-        return {**builder, "args": dict(builder.get("args", {}))}
-    if isinstance(builder, str):
-        key = "callable" if ":" in builder else "adapter"
-        return {key: builder, "args": {}}
-    name, args = getattr(builder, "name", None), getattr(builder, "args", None)
-    if isinstance(name, str) and isinstance(args, dict):  # a model adapter instance
-        return {"adapter": name, "args": dict(args)}
-    raise ValueError(f"cannot record how to rebuild the model from builder {builder!r}")
-
-
 def _criterion(criterion: Any) -> Any:
     if isinstance(criterion, str):
         from detprune.host import plugins
@@ -96,21 +81,32 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: 
     :param protected: module names whose output channels stay (a detector's output convs).
     :param round_to: keep channel counts at multiples of this (8 or 16 suit GPU kernels).
     :param builder: how to rebuild the dense model for :func:`detprune.load` (an adapter
-        instance, ``{"adapter": name, "args": {...}}`` or ``{"callable": "pkg.mod:fn", "args": {...}}``).
+        instance, ``{"adapter": name, "args": {...}}`` or ``{"callable": "pkg.mod:fn", "args": {...}}``;
+        a callable loads only with ``detprune.load(path, trusted=[...])``). A model returned by
+        :func:`detprune.load` needs none: the new recipe chains the stages it was loaded with.
+    :param ctx: a :class:`detprune.PruneContext` for criteria that need more than weights, e.g.
+        ``PruneContext(train_loader=loader, device=...)`` for data-driven scores (ThiNet, Taylor);
+        its ``ratio``/``round_to``/``min_keep`` are ignored in favour of this function's arguments,
+        and ``ctx.graph`` is set to the traced graph.
     """
     inputs = as_inputs(example_inputs)
     graph = trace(model, inputs, protected=tuple(protected), leaves=tuple(leaves))
     crit = _criterion(criterion)
-    ctx = ctx or PruneContext(example_inputs=inputs, ratio=ratio, round_to=round_to, global_ranking=global_ranking,
-                              min_keep=min_keep, criterion=criterion if isinstance(criterion, str) else type(criterion).__name__)
-    if getattr(ctx, "graph", None) is None and hasattr(ctx, "graph"):
-        ctx.graph = graph
+    name = criterion if isinstance(criterion, str) else type(criterion).__name__
+    if ctx is None:
+        ctx = PruneContext(example_inputs=inputs)
+    ctx.ratio, ctx.round_to, ctx.global_ranking, ctx.min_keep, ctx.criterion = ratio, round_to, global_ranking, min_keep, name
+    if not ctx.example_inputs:
+        ctx.example_inputs = inputs
+    ctx.graph = graph
     with torch.no_grad():
         scores = {g.id: crit.score(model, g, ctx) for g in graph.prunable_groups()}
     plan = graph.plan(scores, ratio, round_to=round_to, global_ranking=global_ranking, min_keep=min_keep)
     plan.meta["criterion"] = ctx.criterion
     params_before = count_params(model)
+    parent, spec = getattr(model, ATTR, None), builder_spec(builder)
     pruned = graph.apply(model, plan, inplace=inplace, check=check)
+    mark(pruned, parent, spec, graph, plan)
     return PruneResult(model=pruned, plan=plan, graph=graph, params_before=params_before,
-                       params_after=count_params(pruned), builder=builder_spec(builder),
-                       dense=None if inplace else model)
+                       params_after=count_params(pruned), builder=spec, dense=None if inplace else model,
+                       parent=parent)

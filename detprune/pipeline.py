@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,14 +28,14 @@ from torch import nn
 from detprune import distributed as D
 from detprune.errors import DetpruneError
 from detprune.pipeline_config import PipelineConfig, compensator_options, pruner_options
+from detprune.recipe import ATTR, mark
+from detprune.report import write_report
+from detprune.run_folder import RunFolder
 from detprune.types import PruneContext, PruningPlan
 
 __all__ = ["PipelineConfig", "PipelineResult", "run"]
 
 log = logging.getLogger("detprune.pipeline")
-
-#: what a run writes into its folder (``--overwrite`` removes exactly these)
-OWNED = ("pruned.pt", "report.json", "report.md", "widths.png", "train")
 
 
 @dataclass
@@ -53,23 +52,40 @@ class PipelineResult:
 
 
 def run(cfg: PipelineConfig) -> PipelineResult:
-    """Prune ``cfg.model`` on ``cfg.data`` as ``cfg`` says; see the module docstring for the steps."""
+    """Prune ``cfg.model`` on ``cfg.data`` as ``cfg`` says; see the module docstring for the steps.
+
+    Everything that can be checked without work is checked first (values, every plugin name and
+    option, the output folder); the run writes into a staging folder that replaces the previous
+    result only when it succeeded (:mod:`detprune.run_folder`).
+    """
     from detprune.graph import trace
-    from detprune.report import write_report
 
     cfg.check()
-    out = _prepare_out(cfg)
+    pruner = _plugin("pruner", cfg.pruner, pruner_options(cfg))
+    compensators = [(name, _plugin("compensator", name, opts)) for name, opts in compensator_options(cfg).items()]
+    folder = RunFolder(cfg.out, overwrite=cfg.overwrite)
+    try:
+        result = _run(cfg, pruner, compensators, folder, trace)
+    except BaseException:
+        folder.discard()
+        raise
+    return result
+
+
+def _run(cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], folder: RunFolder,
+         trace: Any) -> PipelineResult:
+    stage = folder.stage
     clock = Clock()
     device = D.resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    data = Data.load(cfg)
-    adapter, model, builder = build_model(cfg, data)
-    pruner = _plugin("pruner", cfg.pruner, pruner_options(cfg))
+    card = load_data_card(cfg)
+    adapter, model = build_model(cfg, card)
+    data = Data.load(cfg, card, adapter.args.get("img_size"))
     training: dict[str, Any] = {}
 
     if cfg.epochs_dense:
         with clock("dense training"):
-            model, training["dense"] = train(model, adapter, data, cfg, cfg.epochs_dense, out / "train" / "dense", device)
+            model, training["dense"] = train(model, adapter, data, cfg, cfg.epochs_dense, stage / "train" / "dense", device)
     model = model.to(device)
     ctx = PruneContext(example_inputs=tuple(t.to(device) for t in adapter.example_inputs(1)), ratio=cfg.ratio,
                        round_to=cfg.round_to, global_ranking=cfg.global_ranking, min_keep=cfg.min_keep or 0.0,
@@ -79,27 +95,29 @@ def run(cfg: PipelineConfig) -> PipelineResult:
                                                   ("shortcut_width", cfg.shortcut_width)) if v is not None})
     with clock("trace"):
         graph = trace(model, ctx.example_inputs, protected=tuple(adapter.protected(model)))
+    ctx.graph = graph
     if hasattr(pruner, "attach"):  # e.g. Network Slimming: which BN scales get the sparsity term
         pruner.attach(graph)
     if hasattr(pruner, "bind"):  # e.g. MFP: ratio, adapter and meta batches while it trains (internals §4)
         pruner.bind(ctx)
     if cfg.method_epochs:
         with clock("method training"):
-            model, training["method"] = train(model, adapter, data, cfg, cfg.method_epochs, out / "train" / "method",
+            model, training["method"] = train(model, adapter, data, cfg, cfg.method_epochs, stage / "train" / "method",
                                               device, pruner=pruner)
     model = model.to(device).eval()
     with clock("dense evaluation"):
         dense_stats = measure(model, adapter, data, cfg, ctx.example_inputs)
 
+    parent = getattr(model, ATTR, None)  # a model loaded from a recipe: the new recipe chains its stages
+    builder = {"adapter": cfg.model, "args": dict(adapter.args)}
     with clock("plan"):
         plan = pruner.plan(model, graph, ctx)
     with clock("surgery"):
         pruned = graph.apply(model, plan)
-    ctx.graph = graph
+    mark(pruned, parent, builder, graph, plan)
     compensation: dict[str, Any] = {}
-    for name, options in compensator_options(cfg).items():
+    for name, compensator in compensators:
         with clock(f"compensate ({name})"):
-            compensator = _plugin("compensator", name, options)
             compensator.compensate(model, pruned, plan, ctx)
             compensation[name] = getattr(compensator, "report", None)
     before_finetune = None
@@ -110,13 +128,15 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     if cfg.finetune_epochs:
         with clock("fine-tuning"):
             pruned, training["finetune"] = train(pruned, adapter, data, cfg, cfg.finetune_epochs,
-                                                 out / "train" / "finetune", device, lr=cfg.finetune_lr)
+                                                 stage / "train" / "finetune", device, lr=cfg.finetune_lr)
     pruned = pruned.to(device).eval()
     with clock("pruned evaluation"):
         pruned_stats = measure(pruned, adapter, data, cfg, ctx.example_inputs)
 
     with clock("save"):
-        files = {"pruned": save_pruned(pruned, model, plan, graph, builder, out / "pruned.pt")}
+        files = {"pruned": save_pruned(pruned, model, plan, graph, builder, parent, stage / "pruned.pt")}
+    for phase in training.values():
+        phase["folder"] = str(folder.final(phase["folder"]))
     report = {
         "model": cfg.model, "adapter_args": dict(adapter.args), "task": adapter.task, "data": data.describe(),
         "pruner": cfg.pruner, "pruner_options": pruner_options(cfg), "criterion": ctx.criterion,
@@ -125,16 +145,24 @@ def run(cfg: PipelineConfig) -> PipelineResult:
         "plan": plan, "graph": graph, "dense_model": model, "pruned_model": pruned,
         "compensation": compensation, "training": training, "timings_s": clock.seconds, "config": cfg,
     }
-    files = write_report(report, out, pruner=pruner if cfg.plots else None, plots=cfg.plots, files=files)
+    files = write_report(report, stage, pruner=pruner if cfg.plots else None, plots=cfg.plots, files=files)
+    _relocate_report(files, stage, folder.out)
+    folder.commit()
+    files = {k: folder.out / Path(p).name for k, p in files.items()}
     final = _read_json(files["json"])
     _notify(final)
-    return PipelineResult(model=pruned, dense=model, plan=plan, graph=graph, report=final, out_dir=out, files=files)
+    return PipelineResult(model=pruned, dense=model, plan=plan, graph=graph, report=final, out_dir=folder.out,
+                          files=files)
 
 
 # ---- the steps ---------------------------------------------------------------------------------------
 
 class Data:
-    """The dataset card, its train/val splits (optionally thinned) and their loaders."""
+    """The dataset card, its train/val splits (optionally thinned) and their loaders.
+
+    The training split is loaded whenever the card has one, so data-driven criteria (ThiNet,
+    Taylor-style scores) get ``ctx.train_loader`` even when nothing trains.
+    """
 
     def __init__(self, card: Any, train_ds: Any, val_ds: Any, img_size: int, cfg: PipelineConfig):
         self.card, self.train_ds, self.val_ds, self.img_size, self.cfg = card, train_ds, val_ds, img_size, cfg
@@ -148,14 +176,16 @@ class Data:
         self.val_loader = D.make_loader(val_ds, cfg.batch_size, train=False, workers=cfg.workers, collate_fn=collate)
 
     @classmethod
-    def load(cls, cfg: PipelineConfig) -> "Data":
-        from detprune.data import DEFAULT_IMG_SIZE, DatasetCard, build_dataset, default_card, load_card
+    def load(cls, cfg: PipelineConfig, card: Any = None, img_size: int | None = None) -> "Data":
+        from detprune.data import DEFAULT_IMG_SIZE, build_dataset
 
-        card = default_card() if cfg.data is None else cfg.data if isinstance(cfg.data, DatasetCard) else load_card(cfg.data)
-        val_ds = build_dataset(card, split=cfg.val_split, img_size=cfg.img_size, train=False)
-        size = cfg.img_size or getattr(val_ds, "img_size", None) or card.img_size or DEFAULT_IMG_SIZE[card.task]
-        needs_train = bool(cfg.epochs_dense or cfg.method_epochs or cfg.finetune_epochs or cfg.compensators)
-        train_ds = build_dataset(card, split=cfg.train_split, img_size=size, train=True) if needs_train else None
+        card = card if card is not None else load_data_card(cfg)
+        size = img_size or cfg.img_size or card.img_size or DEFAULT_IMG_SIZE[card.task]
+        val_ds = build_dataset(card, split=cfg.val_split, img_size=size, train=False)
+        needs_train = bool(cfg.epochs_dense or cfg.method_epochs or cfg.finetune_epochs)
+        train_ds = None
+        if needs_train or card.has_split(cfg.train_split):
+            train_ds = build_dataset(card, split=cfg.train_split, img_size=size, train=True)
         return cls(card, _thin(train_ds, cfg.train_limit), _thin(val_ds, cfg.val_limit), size, cfg)
 
     def describe(self) -> dict[str, Any]:
@@ -163,6 +193,15 @@ class Data:
                 "train_split": self.cfg.train_split if self.train_ds is not None else None,
                 "val_split": self.cfg.val_split, "train_images": len(self.train_ds) if self.train_ds is not None else 0,
                 "val_images": len(self.val_ds)}
+
+
+def load_data_card(cfg: PipelineConfig) -> Any:
+    """The card ``cfg.data`` names (a path, a folder, a DatasetCard), or the embedded synthetic set."""
+    from detprune.data import DatasetCard, default_card, load_card
+
+    if cfg.data is None:
+        return default_card()
+    return cfg.data if isinstance(cfg.data, DatasetCard) else load_card(cfg.data)
 
 
 def _thin(ds: Any, limit: int | None) -> Any:
@@ -175,45 +214,17 @@ def _thin(ds: Any, limit: int | None) -> Any:
     return Subset(ds, idx)
 
 
-def build_model(cfg: PipelineConfig, data: Data) -> tuple[Any, nn.Module, dict[str, Any]]:
-    """The adapter, the starting model and the builder a recipe rebuilds it with.
+def build_model(cfg: PipelineConfig, card: Any) -> tuple[Any, nn.Module]:
+    """The adapter and the starting model: built, or read from ``cfg.weights`` (:mod:`detprune.weights`).
 
-    Weights may be a state_dict, a trainer checkpoint (``{"model": state_dict}``) or a pruned recipe:
-    a pruned model is pruned further (iterative pruning, as SlimYOLOv3's two passes) and its new
-    recipe rebuilds it by loading the earlier recipe file.
+    A pruned recipe is pruned further (iterative pruning, as SlimYOLOv3's two passes): the model
+    carries its recipe, and the new recipe replays both passes.
     """
-    import detprune
-    from detprune.cli.train import _adapter_args
+    from detprune.weights import open_model
 
-    args = _adapter_args(cfg.model, data.card, data.img_size, cfg.width)
-    args.update(cfg.model_args)
-    adapter = detprune.plugins().adapter(cfg.model, **args)
-    if adapter.task != data.card.task:
-        raise DetpruneError(f"model '{cfg.model}' is a {adapter.task} model but {data.card.source} is a "
-                            f"{data.card.task} dataset")
-    builder = {"adapter": cfg.model, "args": dict(adapter.args)}
-    if cfg.weights is None:
-        return adapter, adapter.build(), builder
-    path = Path(cfg.weights)
-    if _is_recipe(path):
-        return adapter, detprune.load(path), {"callable": "detprune.graph.recipe:load",
-                                               "args": {"path": str(path.resolve())}}
-    from detprune.cli.eval import load_weights
-
-    return adapter, load_weights(str(path), adapter), builder
-
-
-def _is_recipe(path: Path) -> bool:
-    from detprune.errors import RecipeError
-    from detprune.graph.recipe import read_recipe
-
-    if not path.is_file():
-        raise DetpruneError(f"{path}: weights file not found")
-    try:
-        read_recipe(path)
-    except RecipeError:
-        return False
-    return True
+    loaded = open_model(cfg.model, card, cfg.weights, img_size=cfg.img_size,
+                        overrides={"width": cfg.width, **cfg.model_args})
+    return loaded.adapter, loaded.model
 
 
 def train(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, epochs: int, out_dir: Path,
@@ -257,14 +268,15 @@ def measure(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, inp
 
 
 def save_pruned(pruned: nn.Module, dense: nn.Module, plan: PruningPlan, graph: Any, builder: dict[str, Any],
-                path: Path) -> Path:
+                parent: dict[str, Any] | None, path: Path) -> Path:
     """``DIR/pruned.pt``: recipe + weights, loadable by ``detprune.load`` and ``detprune eval --weights``."""
     from detprune.api import PruneResult
-    from detprune.graph.recipe import save
     from detprune.measure import count_params
+    from detprune.recipe import save
 
     result = PruneResult(model=pruned.eval(), plan=plan, graph=graph, params_before=count_params(dense),
-                         params_after=count_params(pruned), builder=builder, dense=dense)
+                         params_after=count_params(pruned), builder=None if parent else builder, dense=dense,
+                         parent=parent)
     return save(result, path)
 
 
@@ -292,24 +304,22 @@ def _plugin(kind: str, name: str, options: dict[str, Any]) -> Any:
     return detprune.plugins().create(kind, name, **options)
 
 
-def _prepare_out(cfg: PipelineConfig) -> Path:
-    out = Path(cfg.out)
-    present = [name for name in OWNED if (out / name).exists()]
-    if present and not cfg.overwrite:
-        raise DetpruneError(f"{out} already holds a prune run ({', '.join(present)}); choose another --out "
-                            "or pass --overwrite")
-    stale = [out / name for name in present]
-    if (out / "report.json").is_file():  # the files the earlier run listed (a pruner's own plots too)
-        try:
-            listed = json.loads((out / "report.json").read_text()).get("files", {}).values()
-        except (ValueError, AttributeError):
-            listed = []
-        stale += [Path(p) for p in listed if Path(p).parent.resolve() == out.resolve() and Path(p).exists()]
-    for target in dict.fromkeys(stale):
-        if target.exists():
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def _relocate_report(files: dict[str, Path], stage: Path, out: Path) -> None:
+    """Paths in report.json/.md name where files will be after the commit, not the staging folder."""
+    from detprune.report import markdown
+
+    def move(obj: Any) -> Any:
+        if isinstance(obj, str):
+            return obj.replace(str(stage), str(out))
+        if isinstance(obj, dict):
+            return {k: move(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [move(v) for v in obj]
+        return obj
+
+    report = move(_read_json(files["json"]))
+    Path(files["json"]).write_text(json.dumps(report, indent=2))
+    Path(files["md"]).write_text(markdown(report))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

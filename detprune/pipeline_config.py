@@ -91,8 +91,19 @@ class PipelineConfig:
             raise DetpruneError("--alpha is a compensator option; add --compensator sketch")
         if self.min_keep is not None and not 0.0 <= self.min_keep <= 1.0:
             raise DetpruneError(f"--min-keep must be in [0, 1], got {self.min_keep}")
-        if self.batch_size < 1:
-            raise DetpruneError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.alpha is not None and not 0.0 <= self.alpha < 1.0:
+            raise DetpruneError(f"--alpha must be in [0, 1) (layers pruned above it are compensated), got {self.alpha}")
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--latency-iters", self.latency_iters, 1),
+                                 ("--workers", self.workers, 0), ("--img-size", self.img_size, 1),
+                                 ("--round-to", self.round_to, 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+                raise DetpruneError(f"{flag} must be an integer >= {low}, got {value!r}")
+        for flag, value in (("--warmup-epochs", self.warmup_epochs), ("--weight-decay", self.weight_decay)):
+            if value is not None and not value >= 0:
+                raise DetpruneError(f"{flag} must be >= 0, got {value}")
+        for flag, value in (("--lr", self.lr), ("--finetune-lr", self.finetune_lr), ("--width", self.width)):
+            if value is not None and not value > 0:
+                raise DetpruneError(f"{flag} must be > 0, got {value}")
 
 
 def _parameters(factory: Any) -> tuple[set[str], bool]:

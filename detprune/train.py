@@ -49,6 +49,7 @@ from detprune.errors import DetpruneError
 from detprune.runlog import plot_history, write_metrics_csv
 from detprune.schedule import build_optimizer, build_scheduler, warmup_cosine
 from detprune.train_config import TrainConfig, seed_everything, use_deterministic_kernels
+from detprune.recipe import checkpoint_meta
 from detprune.validate import EvaluateFn, autocast, primary_metric, to_device, to_float32, validate
 
 __all__ = ["Trainer", "TrainConfig", "TrainResult", "TrainingDivergedError", "seed_everything",
@@ -94,7 +95,11 @@ class Trainer:
         **options: Any,
     ):
         self.cfg = TrainConfig(epochs=epochs, **options)
-        self.adapter, self.pruner, self.meta = adapter, pruner, dict(meta or {})
+        self.adapter, self.pruner = adapter, pruner
+        self.meta = {**checkpoint_meta(model), **dict(meta or {})}  # a pruned model's recipe rebuilds it
+        if isinstance(getattr(adapter, "name", None), str) and isinstance(getattr(adapter, "args", None), dict):
+            self.meta.setdefault("model", adapter.name)
+            self.meta.setdefault("adapter_args", dict(adapter.args))
         self.train_loader, self.val_loader = train_loader, val_loader
         self.out_dir = Path(out_dir)
         self.metric = primary_metric(adapter)

@@ -47,6 +47,12 @@ class TrainConfig:
             raise DetpruneError(f"amp_dtype must be auto, bf16 or fp16, got {self.amp_dtype!r}")
         if self.eval_every < 1:
             raise DetpruneError(f"eval_every must be at least 1, got {self.eval_every}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise DetpruneError(f"clip_grad_norm must be > 0 (a norm), got {self.clip_grad_norm}")
+        if not self.warmup_epochs >= 0:
+            raise DetpruneError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise DetpruneError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 def seed_everything(seed: int) -> None:

@@ -59,7 +59,8 @@ def test_help_explains_the_flags(capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--pruner", "slimmin"], "detprune: error: unknown pruner 'slimmin'."),
-    (["--ratio", "1.5"], "detprune: error: --ratio must be in [0, 1), the fraction of channels removed; got 1.5"),
+    (["--ratio", "1.5"], "detprune prune: error: argument --ratio: 1.5 is not in [0, 1] (see detprune prune --help)"),
+    (["--ratio", "1"], "detprune: error: --ratio must be in [0, 1), the fraction of channels removed; got 1.0"),
     (["--pruner-opt", "criterion"], "detprune: error: --pruner-opt expects KEY=VALUE, got 'criterion'"),
     (["--criterion", "nope"], "detprune: error: unknown criterion 'nope'."),
     (["--compensator", "nope"], "detprune: error: unknown compensator 'nope'."),
@@ -80,3 +81,12 @@ def test_missing_data_folder_is_one_line(tmp_path, capsys):
 def test_parse_options_reads_json_values():
     assert parse_options(["s=1e-4", "shortcut-width=mean", "flag=true", "sizes=[1, 2]"], "--pruner-opt") == {
         "s": 1e-4, "shortcut_width": "mean", "flag": True, "sizes": [1, 2]}
+
+
+def test_a_data_driven_pruner_gets_the_training_split_without_training(folder, tmp_path):
+    """ThiNet samples activations on training images: --data's train split reaches it with no epochs."""
+    out = tmp_path / "thinet"
+    assert prune(folder, out, "--pruner", "thinet", "--ratio", "0.25", "--pruner-opt", "images=4", "--json") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["meta"]["pruner"] == "thinet" and report["data"]["train_images"] == 8
+    assert report["training"] == {}

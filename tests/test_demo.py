@@ -74,3 +74,13 @@ def test_quick_demo_json_end_to_end_and_the_second_run_reuses_the_dense_model(tm
     again = json.loads(second.stdout)
     assert again["dense_model_reused"] is True and "reusing the dense model" in second.stderr
     assert again["rows"][0]["params"] == dense["params"] and again["rows"][0]["map50"] == dense["map50"]
+    # what `detprune eval --weights pruned.pt` scores is what the report says (anchors, width, depth from the recipe)
+    for folder in ("ns", "ns-sketch"):
+        report = json.loads((tmp_path / "o" / folder / "report.json").read_text())
+        scored = subprocess.run([sys.executable, "-m", "detprune.cli", "eval", "--model", "yolov3", "--weights",
+                                 str(tmp_path / "o" / folder / "pruned.pt"), "--data", report["data"]["card"],
+                                 "--json", "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+        assert scored.returncode == 0, scored.stderr[-2000:]
+        metrics = json.loads(scored.stdout)
+        assert metrics["detections"] == report["pruned"]["metrics"]["detections"]
+        assert metrics["map50"] == pytest.approx(report["pruned"]["metrics"]["map50"], abs=1e-6)

@@ -80,9 +80,9 @@ def test_model_and_dataset_task_must_agree(folder, tmp_path, capsys):
 
 def test_card_anchors_follow_the_input_size():
     """VisDrone's anchors are stored in pixels of a 608 input; a 304 input gets them halved."""
-    from detprune.cli.train import _adapter_args
     from detprune.data import load_card
+    from detprune.weights import adapter_args
 
     card = load_card(REPO / "datasets" / "visdrone.yaml")
-    assert _adapter_args("yolov3", card, None, None)["anchors"][:2] == [[4.0, 6.0], [6.0, 12.0]]
-    assert _adapter_args("yolov3", card, 304, None)["anchors"][:2] == [[2.0, 3.0], [3.0, 6.0]]
+    assert adapter_args("yolov3", card)["anchors"][:2] == [[4.0, 6.0], [6.0, 12.0]]
+    assert adapter_args("yolov3", card, 304)["anchors"][:2] == [[2.0, 3.0], [3.0, 6.0]]

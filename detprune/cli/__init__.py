@@ -31,8 +31,19 @@ environment:
 """
 
 
+class UsageError(DetpruneError):
+    """A bad command line: printed as one line (with the command's name), exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line naming the command and flag, not a usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="detprune",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -60,7 +71,11 @@ def _command_modules() -> list:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -205,7 +205,8 @@ def dense_model(cfg: DemoConfig, card: Any, model_args: dict[str, Any], device: 
         model, _ = train(model, adapter, data, pcfg, cfg.dense_epochs, Path(tmp) / "train",
                          resolve_device(device), pruner=pruner)
         staged = Path(tmp) / "dense.pt"
-        torch.save({"model": model.state_dict(), "config": asdict(cfg), "adapter_args": adapter.args}, staged)
+        torch.save({"model": model.state_dict(), "config": asdict(cfg),
+                    "meta": {"model": "yolov3", "adapter_args": adapter.args}}, staged)
         os.replace(staged, path)
     plot = pruner.plot(path.parent)  # the γ histograms of sparsity training, beside the cached model
     if plot:

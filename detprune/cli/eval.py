@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any
 
+from detprune.cli._values import nonnegative_int, positive_float, positive_int, unit_float
 from detprune.errors import DetpruneError
 
 EPILOG = """\
@@ -29,13 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", help="COCO results .json, or a folder of VisDrone result .txt files")
     src.add_argument("--model", help="model adapter name (see `detprune plugins --kind adapter`)")
-    p.add_argument("--weights", help="pruned recipe file, state_dict, or trainer checkpoint {'model': state_dict}")
-    p.add_argument("--img-size", type=int, help="network input size (default: the card's, else 608 / 32)")
-    p.add_argument("--conf", type=float, default=0.1, help="confidence threshold (default 0.1, as SlimYOLOv3)")
-    p.add_argument("--nms-iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
-    p.add_argument("--max-det", type=int, default=500, help="detections kept per image (default 500)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--weights", help="pruned recipe (pruned.pt), trainer checkpoint (best.pt, last.pt) or state_dict; "
+                   "the build arguments a recipe or checkpoint records (classes, width, depth, anchors) are used")
+    p.add_argument("--img-size", type=positive_int,
+                   help="network input size (default: the one the weights record, else the card's, else 608 / 32)")
+    p.add_argument("--width", type=positive_float, help="width multiplier, for a plain state_dict (files that record "
+                   "it need no flag)")
+    p.add_argument("--depth", type=positive_float, help="depth multiplier, for a plain state_dict")
+    p.add_argument("--conf", type=unit_float, default=0.1, help="confidence threshold in [0, 1] (default 0.1, as SlimYOLOv3)")
+    p.add_argument("--nms-iou", type=unit_float, default=0.5, help="NMS IoU threshold in [0, 1] (default 0.5)")
+    p.add_argument("--max-det", type=positive_int, default=500, help="detections kept per image (default 500)")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--lenient", action="store_true", help="skip malformed annotation lines (listed) instead of failing")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -77,61 +83,23 @@ def _score_predictions(path: str, ds) -> dict[str, Any]:
 
 
 def _score_model(args: argparse.Namespace, card) -> dict[str, Any]:
-    import torch
-
-    import detprune
-    from detprune.data import build_dataset, make_loader
+    """Load the model as its weights file records it, then score it on the split."""
+    from detprune import distributed as D
+    from detprune.data import DEFAULT_IMG_SIZE, build_dataset, make_loader
     from detprune.evaluate import evaluate_classifier, evaluate_model
+    from detprune.weights import open_model
 
-    ds = build_dataset(card, split=args.split, img_size=args.img_size, lenient=args.lenient)
-    from detprune.data import DEFAULT_IMG_SIZE
-
-    size = args.img_size or getattr(ds, "img_size", None) or card.img_size or DEFAULT_IMG_SIZE[card.task]
-    adapter = detprune.plugins().adapter(args.model, num_classes=card.num_classes, img_size=size)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_weights(args.weights, adapter).to(device)
+    device = D.resolve_device(args.device)  # before any loading: a missing GPU is a one-line error
+    loaded = open_model(args.model, card, args.weights, img_size=args.img_size,
+                        overrides={"width": args.width, "depth": args.depth})
+    size = loaded.adapter.args.get("img_size") or card.img_size or DEFAULT_IMG_SIZE[card.task]
+    ds = build_dataset(card, split=args.split, img_size=size, lenient=args.lenient)
+    model = loaded.model.to(device)
     loader = make_loader(ds, batch_size=args.batch_size, workers=args.workers)
     if card.task == "classification":
         return evaluate_classifier(model, loader, device=device)
-    return evaluate_model(model, adapter, loader, conf=args.conf, nms_iou=args.nms_iou, max_det=args.max_det,
+    return evaluate_model(model, loaded.adapter, loader, conf=args.conf, nms_iou=args.nms_iou, max_det=args.max_det,
                           device=device)
-
-
-def load_weights(path: str, adapter):
-    """A model from a pruned recipe (``detprune.load``), a state_dict or a ``{'model': state_dict}``."""
-    import torch
-
-    import detprune
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DetpruneError(f"{path}: weights file not found") from None
-    except Exception:  # noqa: BLE001 - not a plain torch file: let the recipe loader judge it
-        obj = None
-    state = None
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        state = obj["model"]
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        state = obj
-    if state is None:
-        try:
-            loaded = detprune.load(path)
-        except (ImportError, AttributeError) as exc:
-            raise DetpruneError(f"{path}: not a state_dict or checkpoint, and recipes cannot be read here: {exc}") from None
-        return getattr(loaded, "model", loaded)
-    model = adapter.build()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise DetpruneError(f"{path}: weights do not fit model '{_adapter_name(adapter)}' ({first[0] if first else exc}); "
-                            "a pruned model needs its recipe file") from None
-    return model
-
-
-def _adapter_name(adapter) -> str:
-    return getattr(adapter, "name", type(adapter).__name__)
 
 
 def _print(result: dict[str, Any], as_json: bool) -> None:

@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from detprune.cli._values import nonnegative_float, nonnegative_int, positive_float, positive_int, unit_float
 from detprune.errors import DetpruneError
 
 EPILOG = """\
@@ -40,49 +41,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", required=True, help="model adapter name (see `detprune plugins --kind adapter`)")
     g.add_argument("--data", help="dataset card (.yaml) or folder (default: the embedded synthetic drone set)")
     g.add_argument("--weights", help="start from: a state_dict, a trainer checkpoint, or a pruned recipe (pruned.pt)")
-    g.add_argument("--epochs-dense", type=int, default=0, metavar="E0",
+    g.add_argument("--epochs-dense", type=nonnegative_int, default=0, metavar="E0",
                    help="without --weights: train the dense model for E0 epochs first (default 0: prune as built)")
-    g.add_argument("--img-size", type=int, help="network input size (default: the card's)")
-    g.add_argument("--width", type=float, help="channel width multiplier of the dense model")
+    g.add_argument("--img-size", type=positive_int, help="network input size (default: the one --weights records, else the card's)")
+    g.add_argument("--width", type=positive_float, help="channel width multiplier of the dense model")
     g.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="another adapter build argument, e.g. depth=0.34 (repeatable)")
     g.add_argument("--train-split", default="train")
     g.add_argument("--val-split", default="val", help="split that every metric is measured on")
     g = p.add_argument_group("pruning")
     g.add_argument("--pruner", default="oneshot", help="pruner name (default oneshot: one criterion, one cut)")
-    g.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
+    g.add_argument("--ratio", type=unit_float, default=0.5, help="fraction of channels removed (default 0.5)")
     g.add_argument("--criterion", help="channel criterion for pruners that take one (default l1)")
-    g.add_argument("--sparsity", type=float, metavar="S", help="Network Slimming's L1 weight s on BN γ (pruner option s)")
-    g.add_argument("--sparsity-epochs", type=int, default=0, metavar="E",
+    g.add_argument("--sparsity", type=nonnegative_float, metavar="S", help="Network Slimming's L1 weight s on BN γ (pruner option s)")
+    g.add_argument("--sparsity-epochs", type=nonnegative_int, default=0, metavar="E",
                    help="epochs of sparsity training with the pruner's callbacks before planning")
-    g.add_argument("--prune-epochs", type=int, default=0, metavar="E",
+    g.add_argument("--prune-epochs", type=nonnegative_int, default=0, metavar="E",
                    help="the same training phase under its generic name (MFP's soft pruning ...)")
     g.add_argument("--shortcut", help="residual groups: shared | union | sketch (pruner option)")
     g.add_argument("--shortcut-width", help="common width of a residual group under --shortcut sketch: min | mean")
-    g.add_argument("--min-keep", type=float, help="per-layer floor, fraction of channels kept (slimming: 0.1)")
-    g.add_argument("--round-to", type=int, help="keep channel counts at multiples of N")
+    g.add_argument("--min-keep", type=unit_float, help="per-layer floor, fraction of channels kept (slimming: 0.1)")
+    g.add_argument("--round-to", type=positive_int, help="keep channel counts at multiples of N")
     g.add_argument("--global-ranking", action="store_true", help="one ranking over all groups (oneshot)")
     g.add_argument("--compensator", action="append", default=[], metavar="NAME",
                    help="compensator to run after surgery; repeat to chain in order (fold-beta, sketch)")
-    g.add_argument("--alpha", type=float, help="sketch: compensate layers whose prune ratio exceeds alpha")
+    g.add_argument("--alpha", type=unit_float, help="sketch: compensate layers whose prune ratio exceeds alpha (in [0, 1))")
     g.add_argument("--pruner-opt", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--compensator-opt", action="append", default=[], metavar="KEY=VALUE")
     g = p.add_argument_group("training")
-    g.add_argument("--finetune-epochs", type=int, default=0, metavar="F", help="fine-tune the pruned model F epochs")
-    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--finetune-epochs", type=nonnegative_int, default=0, metavar="F", help="fine-tune the pruned model F epochs")
+    g.add_argument("--batch-size", type=positive_int, default=16)
     g.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    g.add_argument("--lr", type=float, help="peak learning rate (default 0.01 sgd, 0.001 adamw)")
-    g.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: --lr)")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--lr", type=positive_float, help="peak learning rate (default 0.01 sgd, 0.001 adamw)")
+    g.add_argument("--finetune-lr", type=positive_float, help="fine-tuning learning rate (default: --lr)")
+    g.add_argument("--weight-decay", type=nonnegative_float)
+    g.add_argument("--warmup-epochs", type=nonnegative_float, default=1.0)
     g.add_argument("--amp", action="store_true", help="mixed precision training")
     g.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
     g.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="run folder (refuses one holding a run unless --overwrite)")
-    g.add_argument("--overwrite", action="store_true", help="replace the run files an earlier prune left in --out")
-    g.add_argument("--latency-iters", type=int, default=30, help="timed forward passes per model (default 30)")
+    g.add_argument("--overwrite", action="store_true", help="replace what an earlier prune run wrote in --out (listed in "
+                   "its .detprune-run.json; nothing else), once the new run has succeeded")
+    g.add_argument("--latency-iters", type=positive_int, default=30, help="timed forward passes per model (default 30)")
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--json", action="store_true", help="print report.json on stdout")

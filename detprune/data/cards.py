@@ -18,11 +18,17 @@ from typing import Any
 
 import yaml
 
-from detprune.errors import DataFormatError
+from detprune.data.checks import int64_problem, long_integer
+from detprune.errors import DataFormatError, DetpruneError
 
 TASKS = ("detection", "classification")
 FORMATS = {"visdrone": "detection", "coco": "detection", "imagefolder": "classification"}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _is_id(v: Any) -> bool:
+    """A category id: an int64, and not YAML ``true``/``false`` (a bool is an int in Python)."""
+    return isinstance(v, int) and not isinstance(v, bool) and int64_problem(v) is None
 
 
 @dataclass
@@ -45,6 +51,14 @@ class DatasetCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def has_split(self, split: str) -> bool:
+        """Whether :meth:`resolve_split` finds ``split``."""
+        try:
+            self.resolve_split(split)
+        except DetpruneError:
+            return False
+        return True
 
     def resolve_split(self, split: str | None) -> str:
         """The split key for ``split``: exact, else a unique key ending in ``-split``/``_split``.
@@ -122,12 +136,12 @@ def parse_card(data: Any, source: str, lines: dict[str, int] | None = None, base
             raise fail("splits", f"split {k!r}: expected a folder or {{images: ..., annotations: ...}}, got {v!r}")
     classes, ids = _parse_classes(data["classes"], fmt, lambda m: fail("classes", m))
     ignore = data.get("ignore", [])
-    if not isinstance(ignore, list) or not all(isinstance(i, int) for i in ignore):
+    if not isinstance(ignore, list) or not all(_is_id(i) for i in ignore):
         raise fail("ignore", f"must be a list of category ids, got {ignore!r}")
     if ids is not None and set(ids) & set(ignore):
         raise fail("ignore", f"ids {sorted(set(ids) & set(ignore))} are also classes")
     img_size = data.get("img_size")
-    if img_size is not None and (not isinstance(img_size, int) or img_size <= 0):
+    if img_size is not None and (isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0):
         raise fail("img_size", f"must be a positive integer, got {img_size!r}")
     gen = data.get("generate")
     if gen is not None and not isinstance(gen, dict):
@@ -146,7 +160,7 @@ def parse_card(data: Any, source: str, lines: dict[str, int] | None = None, base
 
 def _parse_classes(value: Any, fmt: str, fail) -> tuple[list[str], list[int] | None]:
     if isinstance(value, dict):
-        if not value or not all(isinstance(k, int) for k in value):
+        if not value or not all(_is_id(k) for k in value):
             raise fail(f"a mapping must have integer category ids as keys, got {list(value)[:5]!r}")
         ids = sorted(value)
         return [str(value[i]) for i in ids], ids
@@ -179,6 +193,8 @@ def load_card(path: str | Path, root: str | Path | None = None) -> DatasetCard:
             mark = getattr(exc, "problem_mark", None)
             where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
             raise DataFormatError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        except ValueError as exc:  # a value YAML parses but Python cannot build (a 5000-digit integer)
+            raise DataFormatError(long_integer(p, text) or f"{p}: not valid YAML: {exc}") from None
         card = parse_card(data, str(p), _key_lines(text), base=p.resolve().parent)
     else:
         raise DataFormatError(f"{p}: no such dataset card or folder")

@@ -8,12 +8,12 @@ field (JSON has no useful line numbers once parsed).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from detprune.data.checks import coco_categories, finite_number, json_int, json_str, read_json, show_json
 from detprune.data.detection import DetectionDataset, ImageRecord
 from detprune.data.report import DataReport
 from detprune.errors import DataFormatError
@@ -26,24 +26,15 @@ class CocoDataset(DetectionDataset):
                  category_ids: Sequence[int] | None = None, *, lenient: bool = False, img_size: int | None = None,
                  train: bool = False, transform=None):
         ann = Path(annotation_file)
-        try:
-            data = json.loads(ann.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise DataFormatError(f"{ann}: cannot read COCO annotations: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise DataFormatError(f"{ann}: not valid JSON: {exc}") from None
+        data = read_json(ann, "COCO annotations")
         if not isinstance(data, dict):
             raise DataFormatError(f"{ann}: expected a JSON object with images, annotations and categories")
-        cats = _categories(data, ann)
+        cats = coco_categories(data, ann)
         if category_ids is None:
             if classes is None:
                 category_ids = sorted(cats)
             else:
-                by_name = {v: k for k, v in cats.items()}
-                missing = [c for c in classes if c not in by_name]
-                if missing:
-                    raise DataFormatError(f"{ann}: field 'categories': classes {missing} of the card are not in the JSON")
-                category_ids = [by_name[c] for c in classes]
+                category_ids = _ids_by_name(cats, classes, ann)
         category_ids = list(category_ids)
         classes = list(classes) if classes is not None else [cats[i] for i in category_ids]
         records, report = _index(data, ann, Path(images_dir), category_ids, lenient)
@@ -52,16 +43,19 @@ class CocoDataset(DetectionDataset):
         report.warn_losses(str(ann))
 
 
-def _categories(data: dict[str, Any], ann: Path) -> dict[int, str]:
-    cats = data.get("categories")
-    if not isinstance(cats, list):
-        raise DataFormatError(f"{ann}: field 'categories' is missing or not a list")
-    out = {}
-    for i, c in enumerate(cats):
-        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or "name" not in c:
-            raise DataFormatError(f"{ann}: categories[{i}]: needs an integer 'id' and a 'name'")
-        out[c["id"]] = str(c["name"])
-    return out
+def _ids_by_name(cats: dict[int, str], classes: Sequence[str], ann: Path) -> list[int]:
+    """Category id of each card class; a name two categories share would pick one of them silently."""
+    ids_of: dict[str, list[int]] = {}
+    for cid, name in cats.items():
+        ids_of.setdefault(name, []).append(cid)
+    missing = [c for c in classes if c not in ids_of]
+    if missing:
+        raise DataFormatError(f"{ann}: field 'categories': classes {missing} of the card are not in the JSON")
+    for c in classes:
+        if len(ids_of[c]) > 1:
+            raise DataFormatError(f"{ann}: field 'categories': class {c!r} of the card is the name of categories "
+                                  f"{ids_of[c]}; map ids to names in the card's classes instead")
+    return [ids_of[c][0] for c in classes]
 
 
 def _index(data: dict[str, Any], ann: Path, images_dir: Path, category_ids: list[int],
@@ -72,26 +66,37 @@ def _index(data: dict[str, Any], ann: Path, images_dir: Path, category_ids: list
     if not isinstance(imgs, list) or not isinstance(anns, list):
         raise DataFormatError(f"{ann}: fields 'images' and 'annotations' must be lists")
     records: dict[int, ImageRecord] = {}
+    first: dict[int, int] = {}  # image id -> index of the entry that has it
     for i, im in enumerate(imgs):
         where = f"{ann}: images[{i}]"
         if not isinstance(im, dict):
             raise DataFormatError(f"{where}: not an object")
-        for key, typ in (("id", int), ("file_name", str), ("height", int), ("width", int)):
-            if not isinstance(im.get(key), typ):
-                raise DataFormatError(f"{where}: field '{key}': missing or not {typ.__name__}")
-        path = images_dir / im["file_name"]
+        try:
+            img_id, file_name = json_int(im, "id"), json_str(im, "file_name")
+            h, w = json_int(im, "height"), json_int(im, "width")
+        except ValueError as exc:
+            raise DataFormatError(f"{where}: {exc}") from None
+        for key, v in (("height", h), ("width", w)):
+            if v <= 0:
+                raise DataFormatError(f"{where}: field '{key}': {v} is not positive")
+        if img_id in first:  # its boxes would land on the other image
+            raise DataFormatError(f"{where}: field 'id': {img_id} is also the id of images[{first[img_id]}]")
+        first[img_id] = i
+        path = images_dir / file_name
         if not path.is_file():
             msg = f"{where}: image file {path} not found"
             if not lenient:
                 raise DataFormatError(msg)
             report.skipped_images.append(msg)
             continue
-        records[im["id"]] = ImageRecord(im["id"], path, (im["height"], im["width"]))
-    known_ids = {im["id"] for im in imgs}
+        records[img_id] = ImageRecord(img_id, path, (h, w))
+    known_ids = set(first)
     label_of = {cid: k for k, cid in enumerate(category_ids)}
     per: dict[int, tuple[list, list, list, list]] = {k: ([], [], [], []) for k in records}
     for i, a in enumerate(anns):
-        where = f"{ann}: annotations[{i}]" + (f" (id {a.get('id')})" if isinstance(a, dict) else "")
+        where = f"{ann}: annotations[{i}]"
+        if isinstance(a, dict) and "id" in a:
+            where += f" (id {show_json(a['id'])})"
         try:
             box, img_id, cat, crowd = _check_ann(a, known_ids)
         except ValueError as exc:
@@ -136,16 +141,19 @@ def _index(data: dict[str, Any], ann: Path, images_dir: Path, category_ids: list
 def _check_ann(a: Any, known_ids: set[int]) -> tuple[list[float], int, int, int]:
     if not isinstance(a, dict):
         raise ValueError("not an object")
-    img_id, cat, bbox = a.get("image_id"), a.get("category_id"), a.get("bbox")
-    if not isinstance(img_id, int):
-        raise ValueError(f"field 'image_id': {img_id!r} is not an integer")
+    if "id" in a:
+        json_int(a, "id")
+    img_id = json_int(a, "image_id")
     if img_id not in known_ids:
         raise ValueError(f"field 'image_id': {img_id} is not the id of an image in this file")
-    if not isinstance(cat, int):
-        raise ValueError(f"field 'category_id': {cat!r} is not an integer")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and np.isfinite(v) for v in bbox)):
-        raise ValueError(f"field 'bbox': {bbox!r} is not [x, y, width, height]")
+    cat, bbox = json_int(a, "category_id"), a.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
+        raise ValueError(f"field 'bbox': {_cut(repr(bbox))} is not [x, y, width, height]")
     crowd = a.get("iscrowd", 0)
-    if crowd not in (0, 1):
-        raise ValueError(f"field 'iscrowd': {crowd!r} is not 0 or 1")
+    if isinstance(crowd, bool) or crowd not in (0, 1):
+        raise ValueError(f"field 'iscrowd': {show_json(crowd)} is not 0 or 1")
     return [float(v) for v in bbox], img_id, cat, int(crowd)
+
+
+def _cut(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."

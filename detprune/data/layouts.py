@@ -9,10 +9,10 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from detprune.data.cards import DatasetCard
+from detprune.data.checks import coco_categories, read_json
 from detprune.data.images import is_image
 from detprune.data.visdrone_parse import VISDRONE_CLASSES
 from detprune.errors import DataFormatError
@@ -79,10 +79,7 @@ def _coco_card(folder: Path, jsons: list[Path]) -> DatasetCard:
         raise DataFormatError(f"{folder}: COCO annotations {', '.join(j.name for j in jsons)} found, but no image "
                               "folder named after a split (<split>/, images/<split>/ or images/)")
     first = folder / next(iter(splits.values()))["annotations"]
-    try:
-        cats = json.loads(first.read_text(encoding="utf-8")).get("categories", [])
-    except (OSError, ValueError, AttributeError) as exc:
-        raise DataFormatError(f"{first}: cannot read COCO JSON: {exc}") from None
-    cats = sorted(cats, key=lambda c: c["id"])
-    return DatasetCard(folder.name, "detection", "coco", folder, splits, [c["name"] for c in cats],
-                       [c["id"] for c in cats], (), source=str(folder))
+    cats = coco_categories(read_json(first, "COCO JSON"), first)  # the same checks CocoDataset makes
+    ids = sorted(cats)
+    return DatasetCard(folder.name, "detection", "coco", folder, splits, [cats[i] for i in ids], ids, (),
+                       source=str(folder))

@@ -8,7 +8,6 @@ image with no result file counts as an image with no detection and is counted, n
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from detprune.data.checks import finite_number, read_json, show_json
 from detprune.errors import DataFormatError
 
 _FIELDS = ("left", "top", "width", "height", "score", "category", "truncation", "occlusion")
@@ -57,12 +57,7 @@ def _group(rows: list[tuple[int, float, float, float, float, float, int]], datas
 def read_coco_results(path: Path, dataset) -> Predictions:
     """``[{image_id, category_id, bbox [x, y, w, h], score}, ...]``; ``image_id`` may also be the
     image's file name or stem (VisDrone ids are assigned by detprune, names are not)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataFormatError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise DataFormatError(f"{path}: not valid JSON: {exc}") from None
+    data = read_json(path, "predictions")
     if not isinstance(data, list):
         raise DataFormatError(f"{path}: a COCO results file is a JSON list of detections, got {type(data).__name__}")
     ids = {r.image_id for r in dataset.records}
@@ -72,31 +67,27 @@ def read_coco_results(path: Path, dataset) -> Predictions:
         where = f"{path}: [{i}]"
         if not isinstance(d, dict):
             raise DataFormatError(f"{where}: not an object")
-        img = d.get("image_id")
+        img = raw = d.get("image_id")
         if isinstance(img, str):
             img = dataset.image_id_of(img)
             if img is None:
-                raise DataFormatError(f"{where}: field 'image_id': {d['image_id']!r} names no image of the dataset")
-        if not isinstance(img, int) or img not in ids:
-            raise DataFormatError(f"{where}: field 'image_id': {d.get('image_id')!r} is not an image of the dataset")
+                raise DataFormatError(f"{where}: field 'image_id': {show_json(raw)} names no image of the dataset")
+        if isinstance(img, bool) or not isinstance(img, int) or img not in ids:  # true is no image 1
+            raise DataFormatError(f"{where}: field 'image_id': {show_json(raw)} is not an image of the dataset")
         cat, bbox, score = d.get("category_id"), d.get("bbox"), d.get("score")
-        if not isinstance(cat, int):
-            raise DataFormatError(f"{where}: field 'category_id': {cat!r} is not an integer")
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_finite(v) for v in bbox)):
-            raise DataFormatError(f"{where}: field 'bbox': {bbox!r} is not [x, y, width, height]")
+        if isinstance(cat, bool) or not isinstance(cat, int):
+            raise DataFormatError(f"{where}: field 'category_id': {show_json(cat)} is not an integer")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(finite_number(v) for v in bbox)):
+            raise DataFormatError(f"{where}: field 'bbox': {show_json(bbox)} is not [x, y, width, height]")
         if bbox[2] < 0 or bbox[3] < 0:
             raise DataFormatError(f"{where}: field 'bbox': negative width or height in {bbox}")
-        if not _finite(score):
-            raise DataFormatError(f"{where}: field 'score': {score!r} is not a finite number")
+        if not finite_number(score):
+            raise DataFormatError(f"{where}: field 'score': {show_json(score)} is not a finite number")
         if cat not in label_of:
             skipped[cat] = skipped.get(cat, 0) + 1
             continue
         rows.append((img, *(float(v) for v in bbox), float(score), label_of[cat]))
     return Predictions(_group(rows, dataset), skipped)
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def read_visdrone_results(folder: Path, dataset) -> Predictions:
@@ -140,7 +131,7 @@ def _result_line(line: str, where: str) -> list[float]:
         except ValueError:
             raise DataFormatError(f"{where}: field '{name}': {raw.strip()[:40]!r} is not a number") from None
         if not math.isfinite(v):
-            raise DataFormatError(f"{where}: field '{name}': {raw.strip()!r} is not finite")
+            raise DataFormatError(f"{where}: field '{name}': {raw.strip()[:40]!r} is not finite")
         vals.append(v)
     for name in ("width", "height"):
         if vals[_FIELDS.index(name)] < 0:

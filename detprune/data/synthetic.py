@@ -257,6 +257,7 @@ def ensure_generated(card: DatasetCard) -> DatasetCard:
     never leaves a half-written set. A folder without our marker is never touched.
     """
     spec = {**DEFAULT_SPEC, **(card.generate or {})}
+    _check_spec(spec, card.source)
     want = {"version": GENERATOR_VERSION, **spec}
     root = card.root
     marker = root / MARKER
@@ -285,6 +286,21 @@ def ensure_generated(card: DatasetCard) -> DatasetCard:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return card
+
+
+def _check_spec(spec: dict[str, Any], source: str) -> None:
+    """A card's ``generate`` values; a bad one would otherwise fail deep inside the renderer."""
+
+    def count(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    seed, size, images = spec["seed"], spec["size"], spec["images"]
+    if not count(seed, 0, 2**31 - 1):
+        raise DataFormatError(f"{source}: field 'generate': seed {seed!r} is not an integer in 0..2147483647")
+    if not (isinstance(size, list) and len(size) == 2 and all(count(v, 64, 8192) for v in size)):
+        raise DataFormatError(f"{source}: field 'generate': size {size!r} is not [width, height], each 64..8192")
+    if not (isinstance(images, dict) and images and all(count(n, 1, 10**6) for n in images.values())):
+        raise DataFormatError(f"{source}: field 'generate': images {images!r} is not a mapping split -> 1..10**6")
 
 
 def cache_dir(path: str | Path | None = None) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detprune.data.checks import INT64_MAX, int64_from_text
 from detprune.data.report import DataReport
 from detprune.errors import DataFormatError
 
@@ -46,7 +47,10 @@ def _parse_line(line: str, image_size: tuple[int, int] | None) -> list[int]:
         text = raw.strip()
         if not _INT.match(text):
             raise _LineError(f"field '{name}': {text[:40]!r} is not an integer")
-        values.append(int(text))
+        try:
+            values.append(int64_from_text(text))  # before any range check: 2**63 is "too large", not "outside"
+        except ValueError as exc:
+            raise _LineError(f"field '{name}': {exc}") from None
     left, top, width, height = values[:4]
     for name in ("width", "height"):
         v = values[FIELDS.index(name)]
@@ -60,6 +64,9 @@ def _parse_line(line: str, image_size: tuple[int, int] | None) -> list[int]:
         v = values[FIELDS.index(name)]
         if not lo <= v <= hi:
             raise _LineError(f"field '{name}': {v} is outside {lo}..{hi}")
+    for name, edge, start, size in (("width", "right", left, width), ("height", "bottom", top, height)):
+        if start + size > INT64_MAX:  # checked even without an image size: the int64 rows must not wrap
+            raise _LineError(f"field '{name}': box {edge} edge {start}+{size}={start + size} is too large for a 64-bit integer")
     if image_size is not None:
         h, w = image_size
         if left + width > w:

@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 
 from detprune.errors import GraphError
 from detprune.graph.capture import evaluating
-from detprune.types import PruningPlan
+from detprune.graph.plan import PruningPlan
 
 
 def run_forward(graph, model: nn.Module) -> str | None:

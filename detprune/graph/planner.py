@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from detprune.errors import GraphError
-from detprune.types import PruningPlan
+from detprune.graph.plan import PruningPlan
 
 
 @dataclass
