@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from detprune.data import build_dataset, load_card
-from detprune.evaluate import evaluate_detections
+from detprune.eval.evaluate import evaluate_detections
 
 
 def jittered(ds, seed=0):

@@ -26,19 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detprune_plugins.autoslim import AutoSlim
-from detprune_plugins.autoslim_flops import FlopModel
-from detprune_plugins.autoslim_score import take_batches
-from detprune_plugins.slimmable import Slimmable, calibrate_bn
+from detprune_plugins.autoslim.pruner import AutoSlim
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.score import take_batches
+from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
 from fidelity_data import CIFAR, Flip, bench_threads, cifar, synthetic
 from torch.utils.data import Dataset, TensorDataset
 
 import detprune
-from detprune.distributed import make_loader
-from detprune.evaluate import evaluate_classifier
+from detprune.training.distributed import make_loader
+from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext
+from detprune.training.trainer import Trainer
+from detprune.plugin.context import PruneContext
 
 QUICK = dict(width=0.125, n_train=2560, n_search=256, n_test=1000, epochs=6, batch=64, lr=0.1, budgets=(0.5,),
              score_batches=2, calib_batches=4, bn="batch", finetune_epochs=0, threads=1)

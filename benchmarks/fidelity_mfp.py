@@ -27,15 +27,15 @@ import time
 from pathlib import Path
 
 import torch
-from detprune_plugins.mfp import DEFAULT_CRITERIA, MFP
+from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 from fidelity_data import bench_threads, train_test
 
 import detprune
-from detprune.distributed import make_loader
-from detprune.evaluate import evaluate_classifier
+from detprune.training.distributed import make_loader
+from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext
+from detprune.training.trainer import Trainer
+from detprune.plugin.context import PruneContext
 
 QUICK = dict(model="vgg16-cifar", args=dict(width=0.125), n_train=2500, n_test=1000, dense_epochs=8,
              soft_epochs=3, ratio=0.4, batch=64, lr=0.05, soft_lr=0.01, threads=1, mask_bn=True)

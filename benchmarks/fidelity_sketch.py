@@ -41,15 +41,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detprune_plugins.sketch_bn import adabn
+from detprune_plugins.sketch.bn import adabn
 from fidelity_data import bench_threads, train_test
 
 import detprune
-from detprune.distributed import make_loader
-from detprune.evaluate import evaluate_classifier
+from detprune.training.distributed import make_loader
+from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext
+from detprune.training.trainer import Trainer
+from detprune.plugin.context import PruneContext
 
 QUICK = dict(width=0.25, n_train=2000, n_test=1000, epochs=15, s=5e-3, lr=0.1, batch=64, ratio=0.7, alpha=0.3,
              calib_batches=10, finetune_epochs=5, finetune_lr=0.01, threads=1)

@@ -38,11 +38,12 @@ import torch
 from fidelity_data import bench_threads, train_test
 
 import detprune
-from detprune.distributed import make_loader
-from detprune.evaluate import evaluate_classifier
+from detprune.training.distributed import make_loader
+from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext, PruningPlan
+from detprune.training.trainer import Trainer
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
 
 QUICK = dict(args=dict(width=0.25), n_train=2500, n_test=1000, epochs=10, batch=64, lr=0.05, images=256,
              single_ratio=0.5, all_ratio=0.3, threads=1)

@@ -26,7 +26,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the YOLO toy lives in tests/zoo.py
 
 import detprune  # noqa: E402
-from detprune.measure import count_flops, measure_latency  # noqa: E402
+from detprune.eval.measure import count_flops, measure_latency  # noqa: E402
 
 
 def build(name: str, size: int) -> tuple[nn.Module, tuple[str, ...], str]:

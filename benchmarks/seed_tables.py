@@ -109,7 +109,7 @@ def dense_model(study: Study, out: Path, device: str | None, retrain: bool) -> P
     import detprune
     from detprune.cli import demo
     from detprune.graph import trace
-    from detprune.pipeline import Data, build_model, train
+    from detprune.pipeline.trip import Data, build_model, train
 
     if _is_the_demo(study):  # the demo's own dense model: share its cache
         from detprune.data import default_card
@@ -124,7 +124,7 @@ def dense_model(study: Study, out: Path, device: str | None, retrain: bool) -> P
     adapter, model, _ = build_model(cfg, data)
     pruner = detprune.plugins().pruner("slimming", s=study.sparsity)
     pruner.attach(trace(model, adapter.example_inputs(1), protected=tuple(adapter.protected(model))))
-    from detprune.distributed import resolve_device
+    from detprune.training.distributed import resolve_device
 
     print(f"[{study.name}] sparsity training from scratch: {study.dense_epochs} epochs, s={study.sparsity}", file=sys.stderr)
     model, _ = train(model, adapter, data, cfg, study.dense_epochs, out / study.name / "train-dense",
@@ -165,7 +165,7 @@ def with_anchors(study: Study) -> Study:
 
 
 def _pipeline_config(study: Study, out: Path, device: str | None, **kw: Any):
-    from detprune.pipeline import PipelineConfig
+    from detprune.pipeline.trip import PipelineConfig
 
     base = dict(model=study.model, out=out, data=study.data, train_split=study.train_split,
                 val_split=study.val_split, img_size=study.img_size, width=study.width, model_args=study.model_args,
@@ -176,7 +176,7 @@ def _pipeline_config(study: Study, out: Path, device: str | None, **kw: Any):
 
 
 def run_study(study: Study, out: Path, device: str | None, retrain: bool) -> list[dict[str, Any]]:
-    from detprune.pipeline import run
+    from detprune.pipeline.trip import run
 
     study = with_anchors(study)
     weights = dense_model(study, out, device, retrain)
@@ -210,9 +210,9 @@ def torch_pruning_row(study: Study, weights: Path, target_params: int, out: Path
     """Torch-Pruning's BNScalePruner (global |γ| ranking) at ``target_params``, fine-tuned like the others."""
     import torch_pruning as tp
 
-    from detprune.distributed import resolve_device
-    from detprune.measure import count_params
-    from detprune.pipeline import Data, build_model, evaluate, measure, train
+    from detprune.training.distributed import resolve_device
+    from detprune.eval.measure import count_params
+    from detprune.pipeline.trip import Data, build_model, evaluate, measure, train
 
     t0 = time.perf_counter()
     cfg = _pipeline_config(study, out / study.name / "torch-pruning", device, weights=weights,

@@ -28,16 +28,16 @@ import time
 from pathlib import Path
 
 import torch
-from detprune_plugins.sketch_bn import adabn
+from detprune_plugins.sketch.bn import adabn
 from torch.utils.data import Subset
 
 import detprune
 from detprune.data import build_dataset, load_card
-from detprune.distributed import make_loader
-from detprune.evaluate import evaluate_classifier
+from detprune.training.distributed import make_loader
+from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext
+from detprune.training.trainer import Trainer
+from detprune.plugin.context import PruneContext
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"rebase/fold": dict(variant="rebase", bn="fold"), "rebase/reinit": dict(variant="rebase", bn="reinit"),

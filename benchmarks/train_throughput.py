@@ -28,7 +28,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import detprune
-from detprune.train import Trainer
+from detprune.training.trainer import Trainer
 
 
 def configs(reduced: bool, on_gpu: bool) -> list[dict]:

@@ -4,7 +4,7 @@ Public API (imported lazily, so ``import detprune`` stays cheap)::
 
     detprune.prune(model, example_inputs, ratio=0.3, criterion="l1") -> PruneResult
     detprune.save(result, path) / detprune.load(path)
-    detprune.evaluate(...)          # mAP@0.5 / top-1
+    detprune.eval.evaluate(...)          # mAP@0.5 / top-1
     detprune.plugins()              # the plugin host
     detprune.hookimpl               # decorator for plugin hook implementations
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from detprune.hookspecs import hookimpl
+from detprune.plugin.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
@@ -22,10 +22,10 @@ _LAZY = {
     "PruneResult": "detprune.api",
     "save": "detprune.recipe",
     "load": "detprune.recipe",
-    "evaluate": "detprune.evaluate",
-    "plugins": "detprune.host",
-    "PruningPlan": "detprune.types",
-    "PruneContext": "detprune.types",
+    "evaluate": "detprune.eval.evaluate",
+    "plugins": "detprune.plugin.host",
+    "PruningPlan": "detprune.graph.plan",
+    "PruneContext": "detprune.plugin.context",
 }
 
 __all__ = ["hookimpl", "__version__", *_LAZY]

@@ -9,14 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-import torch
 from torch import nn
 
 from detprune.graph import ChannelGraph, trace
 from detprune.graph.trace import as_inputs
-from detprune.measure import count_flops, count_params
+from detprune.eval.measure import count_flops, count_params
 from detprune.recipe import ATTR, builder_spec, mark
-from detprune.types import PruneContext, PruningPlan
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
+from detprune.plugin.protocols import conform, score_groups
 
 
 @dataclass
@@ -62,12 +63,12 @@ class PruneResult:
 
 def _criterion(criterion: Any) -> Any:
     if isinstance(criterion, str):
-        from detprune.host import plugins
+        from detprune.plugin.host import plugins
 
         return plugins().criterion(criterion)
-    if not hasattr(criterion, "score"):
+    if not callable(getattr(criterion, "score", None)):
         raise ValueError(f"criterion must be a name or an object with score(model, group, ctx), got {criterion!r}")
-    return criterion
+    return conform("criterion", criterion)
 
 
 def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: Any = "l1",
@@ -99,8 +100,7 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: 
     if not ctx.example_inputs:
         ctx.example_inputs = inputs
     ctx.graph = graph
-    with torch.no_grad():
-        scores = {g.id: crit.score(model, g, ctx) for g in graph.prunable_groups()}
+    scores = score_groups(crit, model, graph, ctx)
     plan = graph.plan(scores, ratio, round_to=round_to, global_ranking=global_ranking, min_keep=min_keep)
     plan.meta["criterion"] = ctx.criterion
     params_before = count_params(model)

@@ -70,10 +70,11 @@ def builder_spec(builder: Any) -> dict[str, Any] | None:
 
 def _registered_name(adapter: Any) -> str | None:
     """The registered name of an adapter instance without a ``name`` attribute (its factory's entry)."""
-    from detprune.host import plugins
+    from detprune.plugin.host import plugins
+    from detprune.plugin.protocols import unwrap
 
     for entry in plugins().entries("adapter"):
-        if entry.factory is type(adapter):
+        if entry.factory is type(unwrap(adapter)):
             return entry.name
     return None
 
@@ -225,7 +226,7 @@ def _build_dense(spec: dict[str, Any], where: str, trusted: Iterable[str], expli
     args = spec.get("args", {})
     try:
         if "adapter" in spec:
-            from detprune.host import plugins
+            from detprune.plugin.host import plugins
 
             return plugins().adapter(spec["adapter"], **args).build()
         target = spec["callable"]

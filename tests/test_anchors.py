@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from detprune.anchors import (
+from detprune.data.anchors import (
     estimate_frame, format_anchors, kmeans_anchors, mean_best_iou, visdrone_box_shapes, wh_iou, write_card_anchors,
 )
 from detprune.cli import main
@@ -70,7 +70,7 @@ def test_write_card_anchors_replaces_only_that_key(tmp_path):
 def test_card_anchors_rescale_to_the_input_size():
     from types import SimpleNamespace
 
-    from detprune.anchors import card_anchors
+    from detprune.data.anchors import card_anchors
 
     card = SimpleNamespace(extra={"anchors": [[10, 20], [30, 60]], "anchors_img_size": 608}, img_size=416)
     assert card_anchors(card, 608) == [[10.0, 20.0], [30.0, 60.0]]

@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 import detprune
-from detprune.distributed import make_loader
+from detprune.training.distributed import make_loader
 from detprune.graph import trace
-from detprune.measure import count_flops, count_params
-from detprune.train import Trainer
-from detprune_plugins.autoslim import AutoSlim
-from detprune_plugins.autoslim_distill import centernet_distill, kl_logits, yolo_distill
-from detprune_plugins.autoslim_flops import FlopModel
-from detprune_plugins.slimmable import Slimmable, calibrate_bn
+from detprune.eval.measure import count_flops, count_params
+from detprune.training.trainer import Trainer
+from detprune_plugins.autoslim.pruner import AutoSlim
+from detprune_plugins.autoslim.distill import centernet_distill, kl_logits, yolo_distill
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
 from test_train_support import TinyAdapter, colour_dataset
 from zoo import TOYS, build
 

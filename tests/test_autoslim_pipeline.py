@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import detprune
-from detprune.measure import count_flops
-from detprune.pipeline import PipelineConfig, run
+from detprune.eval.measure import count_flops
+from detprune.pipeline.trip import PipelineConfig, run
 from conftest import make_colour_folder
 
 

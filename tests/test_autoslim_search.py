@@ -9,16 +9,16 @@ import torch
 
 import detprune
 
-from detprune.distributed import make_loader
+from detprune.training.distributed import make_loader
 from detprune.errors import DetpruneError
 from detprune.graph import trace
-from detprune.measure import count_flops
-from detprune.types import PruneContext
-from detprune_plugins.autoslim import AutoSlim
-from detprune_plugins.autoslim_flops import FlopModel
-from detprune_plugins.autoslim_score import Scorer, take_batches
-from detprune_plugins.autoslim_search import SearchStateError, found_config, greedy_slimming
-from detprune_plugins.slimmable import Slimmable, bn_state
+from detprune.eval.measure import count_flops
+from detprune.plugin.context import PruneContext
+from detprune_plugins.autoslim.pruner import AutoSlim
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.score import Scorer, take_batches
+from detprune_plugins.autoslim.search import SearchStateError, found_config, greedy_slimming
+from detprune_plugins.autoslim.slimmable import Slimmable, bn_state
 from test_train_support import TinyAdapter, colour_dataset
 
 

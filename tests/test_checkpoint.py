@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from detprune import checkpoint as ck
-from detprune.distributed import make_loader
-from detprune.train import Trainer
+from detprune.training import checkpoint as ck
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 from test_train_support import TinyAdapter, colour_dataset
 
 

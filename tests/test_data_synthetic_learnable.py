@@ -43,7 +43,7 @@ def test_small_detector_learns_the_synthetic_set(tmp_path_factory):
     from detprune.data import build_dataset, make_loader
     from detprune.data.synthetic import ensure_default
     from detprune.errors import DetpruneError
-    from detprune.evaluate import evaluate_model
+    from detprune.eval.evaluate import evaluate_model
 
     try:
         adapter = detprune.plugins().adapter("centernet-resnet18", num_classes=10, img_size=256)

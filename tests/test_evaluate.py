@@ -11,7 +11,7 @@ import detprune
 from detprune.data import build_dataset, load_card, make_loader
 from detprune.data.detection import ALL_CLASSES, DetectionDataset, ImageRecord
 from detprune.errors import DataFormatError
-from detprune.evaluate import evaluate_classifier, evaluate_detections, evaluate_model
+from detprune.eval.evaluate import evaluate_classifier, evaluate_detections, evaluate_model
 
 
 def _dataset(records, classes=("a", "b")):
@@ -205,5 +205,5 @@ def test_evaluate_classifier_and_callable_module():
     loader = list(zip(images.split(5), labels.split(5)))
     model = torch.nn.Flatten()
     assert evaluate_classifier(model, loader, progress=False) == {"top1": 11 / 12, "images": 12}
-    assert callable(detprune.evaluate)
-    assert detprune.evaluate(model, loader, progress=False)["top1"] == 11 / 12
+    assert callable(detprune.eval.evaluate)
+    assert detprune.eval.evaluate(model, loader, progress=False)["top1"] == 11 / 12

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detprune_plugins.frequent_directions import (
+from detprune_plugins.sketch.frequent_directions import (
     frequent_directions, gram_gap, mixing_matrix, procrustes_align, rebase_factors, sketch, svd_sketch, thin_svd)
 
 

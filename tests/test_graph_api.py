@@ -45,3 +45,26 @@ def test_unknown_criterion_and_bad_inputs():
         detprune.prune(model, {"x": x[0]})
     with pytest.raises(GraphError, match=r"the model's forward failed while tracing: RuntimeError"):
         detprune.prune(model, torch.rand(1, 5, 8, 8))
+
+
+def test_a_criterion_is_prepared_once_scored_per_group_and_reset():
+    """The Criterion lifecycle: data-driven criteria compute once in prepare() and drop it in reset()."""
+    from detprune.plugin.protocols import Criterion
+
+    model, x = build("simple_cnn")
+    calls = []
+
+    class Recording(Criterion):
+        def prepare(self, model, graph, ctx):
+            calls.append(("prepare", len(graph.prunable_groups()), ctx.graph is graph))
+
+        def score(self, model, group, ctx):
+            calls.append("score")
+            return torch.arange(group.size, dtype=torch.float32)
+
+        def reset(self):
+            calls.append("reset")
+
+    result = detprune.prune(model, x, ratio=0.5, criterion=Recording())
+    groups = len(result.graph.prunable_groups())
+    assert calls == [("prepare", groups, True), *["score"] * groups, "reset"]

@@ -8,7 +8,7 @@ from torch import nn
 
 from detprune.errors import GraphError
 from detprune.graph import trace
-from detprune.types import PruningPlan
+from detprune.graph.plan import PruningPlan
 from zoo import build, run
 
 

@@ -15,7 +15,7 @@ from torch import nn
 import detprune
 from detprune.errors import GraphError
 from detprune.graph import trace
-from detprune.types import PruningPlan
+from detprune.graph.plan import PruningPlan
 from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, out_channels, removed_per_producer, run, zero_removed
 
 

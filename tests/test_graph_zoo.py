@@ -16,7 +16,7 @@ from torch import nn
 
 import detprune
 from detprune.graph import trace
-from detprune.types import PruningPlan
+from detprune.graph.plan import PruningPlan
 from zoo import out_channels, randomize_norms, removed_per_producer, run, zero_removed
 
 FAST = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "densenet121",

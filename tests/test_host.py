@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from detprune import host as host_mod
+from detprune.plugin import host as host_mod
 from detprune.errors import BrokenPluginError, PluginConflictError, UnknownPluginError
-from detprune.host import PluginHost
+from detprune.plugin.host import PluginHost
 from plugin_fixtures import entry_points, make_dist
 
 CRIT_A = '''
@@ -20,6 +20,8 @@ class L1:
 
 class L2:
     """Euclidean norm."""
+    def score(self, model, group, ctx):
+        return None
 
 @detprune.hookimpl
 def detprune_criteria():
@@ -31,6 +33,8 @@ import detprune
 
 class OtherL1:
     """Another L1."""
+    def score(self, model, group, ctx):
+        return None
 
 @detprune.hookimpl
 def detprune_criteria():
@@ -42,6 +46,8 @@ import detprune
 
 class Net:
     """A model family."""
+    def build(self):
+        return None
 
 @detprune.hookimpl
 def detprune_model_adapters():
@@ -60,9 +66,13 @@ import detprune
 def detprune_criteria():
     raise RuntimeError("scores need scipy")
 
+class Fine:
+    def build(self):
+        return None
+
 @detprune.hookimpl
 def detprune_model_adapters():
-    return {"fine": object}
+    return {"fine": Fine}
 '''
 
 
@@ -160,6 +170,8 @@ def test_in_process_registration():
         def detprune_pruners(self):
             class Keep:
                 """Keep everything."""
+                def plan(self, model, graph, ctx):
+                    return None
             return {"keep": Keep}
 
     h = PluginHost()
@@ -214,3 +226,48 @@ def test_cli_error_is_one_line_without_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, argv=None: argparse.Namespace(func=boom))
     assert main([]) == 2
     assert capsys.readouterr().err == "detprune: error: data/x.txt:3: field 'category': 12 is outside 0..11\n"
+
+
+NO_SCORE = '''
+import detprune
+
+class Half:
+    """Forgot its score method."""
+
+class Whole:
+    """Complete."""
+    def score(self, model, group, ctx):
+        return None
+
+@detprune.hookimpl
+def detprune_criteria():
+    return {"half": Half, "whole": Whole}
+'''
+
+
+def test_a_missing_required_method_is_reported_at_load_naming_plugin_and_distribution(tmp_path, monkeypatch):
+    h = _host(tmp_path, monkeypatch, ("crit-half", "0.3", "crit_half_mod", NO_SCORE))
+    assert h.names("criterion") == ["whole"]
+    with pytest.raises(BrokenPluginError) as err:
+        h.get("criterion", "half")
+    assert ("plugin 'crit-half' (distribution 'crit-half 0.3') raised in detprune_criteria(): "
+            "criterion 'half' (crit_half_mod.Half) does not define 'score'") in str(err.value)
+
+
+def test_a_duck_typed_pruner_gets_the_lifecycle_no_ops(tmp_path, monkeypatch):
+    from detprune.plugin.protocols import Pruner
+
+    class Plain:
+        """Only plan."""
+        report = "mine"
+
+        def plan(self, model, graph, ctx):
+            return "a plan"
+
+    h = PluginHost()
+    h.registry["pruner"]["plain"] = host_mod.Entry("pruner", "plain", Plain, host_mod.PluginInfo("p", "d", "1", "m"))
+    pruner = h.create("pruner", "plain")
+    assert isinstance(pruner, Pruner) and pruner.plan(None, None, None) == "a plan"
+    assert pruner.on_after_step(None) is None and pruner.state_dict() is None and pruner.report == "mine"
+    pruner.history = [1]
+    assert pruner._inner.history == [1]

@@ -7,7 +7,7 @@ from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune.measure import Latency, count_flops, count_params, measure_latency
+from detprune.eval.measure import Latency, count_flops, count_params, measure_latency
 from zoo import SimpleCNN
 
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import detprune
-from detprune.checkpoint import load_checkpoint
-from detprune.distributed import make_loader
+from detprune.training.checkpoint import load_checkpoint
+from detprune.training.distributed import make_loader
 from detprune.errors import DetpruneError, UnknownPluginError
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext
-from detprune_plugins.mfp import DEFAULT_CRITERIA, MFP
-from detprune_plugins.mfp_meta import loss as meta_loss
+from detprune.training.trainer import Trainer
+from detprune.plugin.context import PruneContext
+from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
+from detprune_plugins.mfp.meta import loss as meta_loss
 from test_train_support import TinyAdapter, colour_dataset
 
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
@@ -157,7 +157,7 @@ def test_meta_attribute_is_pluggable(tmp_path):
 
     _, _, pruner = fit(tmp_path / "a", epochs=1, meta=meta, meta_batches=1, criteria="l1,cosine")
     assert calls == [1, 1, 1] and pruner.history[0]["meta"] == "meta"  # base + one neighbour per criterion
-    _, _, pruner = fit(tmp_path / "b", epochs=1, meta="detprune_plugins.mfp_meta:sparsity", criteria=("l2",))
+    _, _, pruner = fit(tmp_path / "b", epochs=1, meta="detprune_plugins.mfp.meta:sparsity", criteria=("l2",))
     assert pruner.history[0]["criterion"] == "l2"
     assert pruner.history[0]["values"]["l2"] > pruner.history[0]["base"]  # zeroing raises sparsity
 
@@ -196,7 +196,7 @@ def test_pipeline_trip_binds_mfp_and_the_pruned_model_scores_as_the_soft_pruned_
     import cv2
     import numpy as np
 
-    from detprune.pipeline import PipelineConfig, run
+    from detprune.pipeline.trip import PipelineConfig, run
 
     rng = np.random.default_rng(0)
     for split, n in (("train", 16), ("val", 8)):

@@ -10,7 +10,7 @@ from scipy.spatial.distance import cdist
 
 import detprune
 from detprune.graph import trace
-from detprune_plugins.distance_criteria import distance_sums, group_filter_matrix
+from detprune_plugins.criteria.distance import distance_sums, group_filter_matrix
 from zoo import build
 
 SCIPY = {"minkowski-p1": "cityblock", "minkowski-p2": "euclidean", "cosine": "cosine"}

@@ -10,7 +10,7 @@ import torch
 
 import detprune
 from detprune.graph import trace
-from detprune_plugins.channel_mask import channel_mask
+from detprune_plugins.common.channel_mask import channel_mask
 from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, run
 
 

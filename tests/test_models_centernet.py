@@ -10,8 +10,8 @@ from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune_plugins.models.centernet_decode import decode
-from detprune_plugins.models.centernet_loss import build_targets, centernet_loss, focal_loss, gaussian_radius
+from detprune_plugins.models.centernet.decode import decode
+from detprune_plugins.models.centernet.loss import build_targets, centernet_loss, focal_loss, gaussian_radius
 
 
 def small(**kw):

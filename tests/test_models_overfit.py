@@ -1,6 +1,6 @@
 """Slow: a small YOLOv3 and a small CenterNet each overfit a handful of synthetic VisDrone-format
 images on the CPU. The loss must fall by more than 90 % and mAP@0.5 on those images (pycocotools,
-through detprune.evaluate) must exceed 0.5: the loss, the targets it builds, the decoder and the
+through detprune.eval.evaluate) must exceed 0.5: the loss, the targets it builds, the decoder and the
 letterbox inverse have to agree for that to happen.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import detprune
-from detprune.anchors import format_anchors, kmeans_anchors, visdrone_box_shapes
+from detprune.data.anchors import format_anchors, kmeans_anchors, visdrone_box_shapes
 
 IMAGES, IMG_SIZE = 4, 256
 
@@ -44,7 +44,7 @@ def _overfit(adapter, model, images, targets, steps, lr):
 
 @pytest.mark.slow
 def test_small_yolov3_overfits_synthetic_visdrone_images(tiny_set):
-    from detprune.evaluate import evaluate_model
+    from detprune.eval.evaluate import evaluate_model
 
     root, ds, loader, images, targets = tiny_set
     wh = visdrone_box_shapes(root / "annotations", root / "images").scaled(IMG_SIZE)
@@ -61,7 +61,7 @@ def test_small_yolov3_overfits_synthetic_visdrone_images(tiny_set):
 
 @pytest.mark.slow
 def test_small_centernet_overfits_synthetic_visdrone_images(tiny_set):
-    from detprune.evaluate import evaluate_model
+    from detprune.eval.evaluate import evaluate_model
 
     root, ds, loader, images, targets = tiny_set
     a = detprune.plugins().adapter("centernet-resnet18", img_size=IMG_SIZE, width=0.25)

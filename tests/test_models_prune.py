@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import detprune
-from detprune.types import PruningPlan
+from detprune.graph.plan import PruningPlan
 
 graph_mod = pytest.importorskip("detprune.graph")
 if not hasattr(graph_mod, "trace"):

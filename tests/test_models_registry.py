@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import detprune
-from detprune.types import ModelAdapter
+from detprune.plugin.protocols import ModelAdapter
 
 NAMES = {
     "vgg16-cifar": "classification", "resnet56-cifar": "classification", "resnet18": "classification",

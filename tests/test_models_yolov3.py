@@ -10,9 +10,9 @@ from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune_plugins.models.yolov3 import DARKNET_ANCHORS, darknet_layers
-from detprune_plugins.models.yolov3_decode import decode
-from detprune_plugins.models.yolov3_loss import YOLOv3Loss
+from detprune_plugins.models.yolov3.model import DARKNET_ANCHORS, darknet_layers
+from detprune_plugins.models.yolov3.decode import decode
+from detprune_plugins.models.yolov3.loss import YOLOv3Loss
 
 
 def small(**kw):

@@ -1,4 +1,4 @@
-"""detprune.pipeline end to end on a tiny classifier and a tiny YOLOv3: the run folder, the report's
+"""detprune.pipeline.trip end to end on a tiny classifier and a tiny YOLOv3: the run folder, the report's
 documented keys, pruned.pt reproducing the pruned model through detprune.load and `detprune eval`,
 pruning a pruned model again, plugin callbacks and compensator chains, and flag errors."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune.measure import count_params
-from detprune.pipeline import PipelineConfig, run
+from detprune.eval.measure import count_params
+from detprune.pipeline.trip import PipelineConfig, run
 from conftest import make_colour_folder
 
 REPORT_KEYS = {"format", "model", "adapter_args", "task", "data", "pruner", "pruner_options", "criterion", "ratio",
@@ -218,8 +218,8 @@ def test_criterion_for_a_pruner_that_takes_none_is_an_error(folder, tmp_path):
 
 def test_no_progress_reaches_the_plugins(tmp_path, capsys):
     """``progress=False`` on the context silences the compensators' own bars (sketch calibration)."""
-    from detprune.types import PruneContext
-    from detprune_plugins.sketch_bn import adabn
+    from detprune.plugin.context import PruneContext
+    from detprune_plugins.sketch.bn import adabn
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     loader = [(torch.rand(2, 3, 8, 8), None) for _ in range(3)]

@@ -8,7 +8,7 @@ import torch
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph import trace
-from detprune.types import PruneContext
+from detprune.plugin.context import PruneContext
 
 
 @pytest.fixture(scope="module")

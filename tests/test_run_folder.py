@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_colour_folder
 from detprune.cli import main
-from detprune.run_folder import MANIFEST
+from detprune.pipeline.run_folder import MANIFEST
 
 
 @pytest.fixture(scope="module")

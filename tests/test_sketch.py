@@ -10,9 +10,10 @@ from torch import nn
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph import trace
-from detprune.types import PruneContext, PruningPlan
-from detprune_plugins.frequent_directions import sketch as fd_sketch
-from detprune_plugins.sketch import Sketch, SketchOptionError
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
+from detprune_plugins.sketch.frequent_directions import sketch as fd_sketch
+from detprune_plugins.sketch.compensator import Sketch, SketchOptionError
 
 
 
@@ -332,7 +333,7 @@ def test_traces_the_dense_model_when_the_context_has_no_graph():
     pruned = graph.apply(model, plan)
     Sketch(alpha=0.3).compensate(model, pruned, plan, PruneContext(example_inputs=(x,)))
     assert torch.equal(pruned.c2.weight, with_graph.c2.weight)
-    with pytest.raises(DetpruneError, match=r"needs ctx.graph .* or ctx.example_inputs"):
+    with pytest.raises(DetpruneError, match=r"^no channel graph to work on: set ctx.graph, ctx.example_inputs or ctx.adapter$"):
         Sketch().compensate(model, graph.apply(model, plan), plan, PruneContext())
 
 

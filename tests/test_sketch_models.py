@@ -8,8 +8,9 @@ from torch import nn
 
 import detprune
 from detprune.graph import trace
-from detprune.types import PruneContext, PruningPlan
-from detprune_plugins.sketch import Sketch
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
+from detprune_plugins.sketch.compensator import Sketch
 
 
 

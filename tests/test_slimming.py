@@ -1,4 +1,4 @@
-"""Network Slimming (plugins/slimming.py): the sparsity sub-gradient, the global threshold, the
+"""Network Slimming (plugins/slimming/pruner.py): the sparsity sub-gradient, the global threshold, the
 per-layer floor, rounding, and the three ``--shortcut`` modes on hand-made models whose outcome is
 worked out by hand (research/algorithms.md §4)."""
 from __future__ import annotations
@@ -10,8 +10,8 @@ from torch import nn
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph import trace
-from detprune.types import PruneContext
-from detprune_plugins.slimming_threshold import global_threshold
+from detprune.plugin.context import PruneContext
+from detprune_plugins.slimming.threshold import global_threshold
 
 
 def cbr(cin, cout):

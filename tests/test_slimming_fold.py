@@ -9,7 +9,8 @@ from torch import nn
 
 import detprune
 from detprune.graph import trace
-from detprune.types import PruneContext, PruningPlan
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
 
 
 def fold(**kw):

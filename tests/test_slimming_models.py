@@ -9,7 +9,7 @@ from torch import nn
 
 import detprune
 from detprune.graph import trace
-from detprune.types import PruneContext
+from detprune.plugin.context import PruneContext
 
 MODELS = {
     "resnet56-A": ("resnet56-cifar", {"shortcut": "A"}),

@@ -8,12 +8,12 @@ import torch
 from torch import nn
 
 import detprune
-from detprune.checkpoint import load_checkpoint
-from detprune.distributed import make_loader
+from detprune.training.checkpoint import load_checkpoint
+from detprune.training.distributed import make_loader
 from detprune.graph import trace
-from detprune.train import Trainer
-from detprune.types import PruneContext
-from detprune_plugins import slimming_monitor as monitor
+from detprune.training.trainer import Trainer
+from detprune.plugin.context import PruneContext
+from detprune_plugins.slimming import monitor
 from test_train_support import TinyAdapter, colour_dataset
 
 FAST = dict(lr=0.05, warmup_epochs=0.0, progress=False, device="cpu")

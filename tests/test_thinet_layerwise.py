@@ -7,8 +7,8 @@ import torch
 
 import detprune
 from detprune.graph import trace
-from detprune.types import PruneContext
-from detprune_plugins.thinet_layerwise import input_side_first
+from detprune.plugin.context import PruneContext
+from detprune_plugins.thinet.layerwise import input_side_first
 from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, flat_outputs
 
 

@@ -14,8 +14,9 @@ from torch import nn
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph import trace
-from detprune.types import PruneContext, PruningPlan
-from detprune_plugins.thinet import CACHE, ThiNetOptionError
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
+from detprune_plugins.thinet.plugin import CACHE, ThiNetOptionError
 
 
 
@@ -72,7 +73,7 @@ def test_resnet56_inner_scope_leaves_the_residual_trunk_and_all_scope_prunes_it(
     assert set(plan.kept) == set(inner)
     small = graph.apply(model, plan)
     assert small(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    assert detprune.measure.count_params(small) < detprune.measure.count_params(model)
+    assert detprune.eval.measure.count_params(small) < detprune.eval.measure.count_params(model)
     plan_all = _pruner(scope="all").plan(model, graph, ctx)
     assert set(trunk) <= set(plan_all.kept)
     assert graph.apply(model, plan_all)(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from detprune.graph import trace
-from detprune_plugins.thinet_sampling import SamplingError, column_map, sample_consumers
+from detprune_plugins.thinet.sampling import SamplingError, column_map, sample_consumers
 
 
 LAYERS = {

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from detprune.graph import trace
-from detprune_plugins.thinet_sampling import sample_consumers
-from detprune_plugins.thinet_select import greedy_removal, lsq_scales, order_scores, scale_inputs
+from detprune_plugins.thinet.sampling import sample_consumers
+from detprune_plugins.thinet.select import greedy_removal, lsq_scales, order_scores, scale_inputs
 
 
 
@@ -131,8 +131,8 @@ class CatNet(nn.Module):
 
 
 def test_group_gram_stacks_consumers_and_reads_concat_offsets():
-    from detprune_plugins.thinet_sampling import column_map
-    from detprune_plugins.thinet_select import group_gram
+    from detprune_plugins.thinet.sampling import column_map
+    from detprune_plugins.thinet.select import group_gram
 
     torch.manual_seed(0)
     model = CatNet().eval()

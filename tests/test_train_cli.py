@@ -7,7 +7,7 @@ import csv
 import pytest
 import torch
 
-from detprune.checkpoint import load_checkpoint
+from detprune.training.checkpoint import load_checkpoint
 from detprune.cli import main
 from conftest import REPO, make_colour_folder
 
@@ -81,7 +81,7 @@ def test_model_and_dataset_task_must_agree(folder, tmp_path, capsys):
 def test_card_anchors_follow_the_input_size():
     """VisDrone's anchors are stored in pixels of a 608 input; a 304 input gets them halved."""
     from detprune.data import load_card
-    from detprune.weights import adapter_args
+    from detprune.pipeline.weights import adapter_args
 
     card = load_card(REPO / "datasets" / "visdrone.yaml")
     assert adapter_args("yolov3", card)["anchors"][:2] == [[4.0, 6.0], [6.0, 12.0]]

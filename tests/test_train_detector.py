@@ -1,5 +1,5 @@
 """The Trainer on a real detector adapter and the synthetic VisDrone-format data: the detection
-metric path (decode -> pycocotools through detprune.evaluate) and, slow-marked, a short training
+metric path (decode -> pycocotools through detprune.eval.evaluate) and, slow-marked, a short training
 run that lifts mAP@0.5 from ~0 to well above it."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import detprune
-from detprune.distributed import make_loader
-from detprune.train import Trainer, seed_everything
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer, seed_everything
 
 IMG_SIZE = 256
 
@@ -22,7 +22,7 @@ def synthetic(tmp_path_factory, images: int, seed: int):
 
 
 def small_yolov3(root):
-    from detprune.anchors import format_anchors, kmeans_anchors, visdrone_box_shapes
+    from detprune.data.anchors import format_anchors, kmeans_anchors, visdrone_box_shapes
 
     wh = visdrone_box_shapes(root / "annotations", root / "images").scaled(IMG_SIZE)
     anchors = format_anchors(kmeans_anchors(wh, n=9)[0])  # this data's box shapes, as `detprune anchors` finds
@@ -52,8 +52,8 @@ class HalfOracle:
 
 
 def test_detection_validation_matches_the_evaluator(tmp_path_factory, tmp_path):
-    """The Trainer's metric (AMP-aware forward, predictions gathered over ranks) is detprune.evaluate's."""
-    from detprune.evaluate import evaluate_model
+    """The Trainer's metric (AMP-aware forward, predictions gathered over ranks) is detprune.eval.evaluate's."""
+    from detprune.eval.evaluate import evaluate_model
 
     root, ds = synthetic(tmp_path_factory, 4, seed=5)
     adapter = HalfOracle(small_yolov3(root), ds)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from detprune.checkpoint import load_checkpoint
+from detprune.training.checkpoint import load_checkpoint
 
 SCRIPT = Path(__file__).with_name("test_train_support.py")
 ARGS = ["--epochs", "4", "--step-sleep", "0.03"]  # 12 steps per epoch: ~0.4 s each, a kill lands mid-epoch

@@ -71,9 +71,9 @@ class RandomFlip(torch.utils.data.Dataset):
 
 def main(argv: list[str] | None = None) -> int:
     """Train TinyAdapter deterministically; used by the kill/resume and torchrun tests."""
-    from detprune import distributed as D
-    from detprune.distributed import make_loader
-    from detprune.train import Trainer, seed_everything
+    from detprune.training import distributed as D
+    from detprune.training.distributed import make_loader
+    from detprune.training.trainer import Trainer, seed_everything
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)

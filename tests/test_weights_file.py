@@ -13,7 +13,7 @@ from detprune.cli import main
 from detprune.data import load_card
 from detprune.data.synthetic import generate
 from detprune.errors import DetpruneError
-from detprune.weights import open_model
+from detprune.pipeline.weights import open_model
 
 SMALL = {"width": 0.0625, "depth": 0.34}
 ANCHORS = [[3.0, 4.0], [5.0, 3.0], [6.0, 8.0], [9.0, 5.0], [8.0, 12.0], [14.0, 9.0], [12.0, 20.0], [22.0, 14.0],

@@ -106,7 +106,7 @@ def run_demo(cfg: DemoConfig, out: Path, device: str | None = None, retrain: boo
              quick: bool = False, cache: Path | None = None) -> dict[str, Any]:
     """Train (or reuse) the dense model, run both arms, measure latency side by side; the result dict."""
     from detprune.data import default_card
-    from detprune.pipeline import PipelineConfig, run as run_pipeline
+    from detprune.pipeline.trip import PipelineConfig, run as run_pipeline
 
     _require_plugins()
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def demo_anchors(card: Any, img_size: int, split: str = "train") -> list[list[fl
     Darknet defaults are sized for 416-608 px COCO objects, the synthetic ones are 3-30 px."""
     import numpy as np
 
-    from detprune.anchors import kmeans_anchors
+    from detprune.data.anchors import kmeans_anchors
     from detprune.data import build_dataset
 
     ds = build_dataset(card, split=split, img_size=img_size)
@@ -179,7 +179,7 @@ def dense_model(cfg: DemoConfig, card: Any, model_args: dict[str, Any], device: 
     import detprune
     from detprune.data.synthetic import cache_dir
     from detprune.graph import trace
-    from detprune.pipeline import Data, PipelineConfig, train
+    from detprune.pipeline.trip import Data, PipelineConfig, train
 
     path = cache_dir(cache) / "demo" / cfg.key() / "dense.pt"
     if path.is_file() and not retrain:
@@ -200,7 +200,7 @@ def dense_model(cfg: DemoConfig, card: Any, model_args: dict[str, Any], device: 
     model = adapter.build()
     pruner.attach(trace(model, adapter.example_inputs(1), protected=tuple(adapter.protected(model))))
     with tempfile.TemporaryDirectory(dir=_mkdir(path.parent)) as tmp:
-        from detprune.distributed import resolve_device
+        from detprune.training.distributed import resolve_device
 
         model, _ = train(model, adapter, data, pcfg, cfg.dense_epochs, Path(tmp) / "train",
                          resolve_device(device), pruner=pruner)
@@ -224,7 +224,7 @@ def side_by_side_latency(models: dict[str, Any], inputs: tuple, rounds: int, ite
     pass so that a shared machine's bursts of load fall on every model alike."""
     import statistics
 
-    from detprune.measure import measure_latency
+    from detprune.eval.measure import measure_latency
 
     per: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():

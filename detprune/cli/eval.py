@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _score_predictions(path: str, ds) -> dict[str, Any]:
     from detprune.data.predictions import read_predictions
-    from detprune.evaluate import evaluate_detections
+    from detprune.eval.evaluate import evaluate_detections
 
     preds = read_predictions(path, ds)
     result = evaluate_detections(preds.items, ds)
@@ -84,10 +84,10 @@ def _score_predictions(path: str, ds) -> dict[str, Any]:
 
 def _score_model(args: argparse.Namespace, card) -> dict[str, Any]:
     """Load the model as its weights file records it, then score it on the split."""
-    from detprune import distributed as D
+    from detprune.training import distributed as D
     from detprune.data import DEFAULT_IMG_SIZE, build_dataset, make_loader
-    from detprune.evaluate import evaluate_classifier, evaluate_model
-    from detprune.weights import open_model
+    from detprune.eval.evaluate import evaluate_classifier, evaluate_model
+    from detprune.pipeline.weights import open_model
 
     device = D.resolve_device(args.device)  # before any loading: a missing GPU is a one-line error
     loaded = open_model(args.model, card, args.weights, img_size=args.img_size,

@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def count_flops(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> int:
-    """2 x MAC of one forward pass, via detprune.measure when it is installed."""
+    """2 x MAC of one forward pass, via detprune.eval.measure when it is installed."""
     try:
-        from detprune.measure import count_flops as measure_flops
+        from detprune.eval.measure import count_flops as measure_flops
     except ImportError:
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -57,7 +57,7 @@ def channel_groups(model: nn.Module, inputs: tuple[torch.Tensor, ...], protected
 
 def model_info(name: str, **args: Any) -> dict[str, Any]:
     """Everything ``detprune info`` prints, as a JSON-ready dict."""
-    from detprune.host import plugins
+    from detprune.plugin.host import plugins
 
     adapter = plugins().adapter(name, **args)
     model = adapter.build().eval()

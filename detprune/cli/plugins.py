@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from detprune.host import KINDS, plugins
+from detprune.plugin.host import KINDS, plugins
 
 
 def register(sub: argparse._SubParsersAction) -> None:

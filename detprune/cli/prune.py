@@ -1,4 +1,4 @@
-"""``detprune prune``: the whole trip for one model (detprune.pipeline): train or load, prune,
+"""``detprune prune``: the whole trip for one model (detprune.pipeline.trip): train or load, prune,
 compensate, fine-tune, evaluate, measure, save and report."""
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def parse_options(items: list[str], flag: str) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace):
-    from detprune.pipeline import PipelineConfig
+    from detprune.pipeline.trip import PipelineConfig
 
     return PipelineConfig(
         model=args.model, out=args.out, data=args.data, weights=args.weights, pruner=args.pruner, ratio=args.ratio,
@@ -125,7 +125,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from detprune.pipeline import run as run_pipeline
+    from detprune.pipeline.trip import run as run_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     result = run_pipeline(config_from_args(args))

@@ -62,10 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detprune import distributed as D
+    from detprune.training import distributed as D
     from detprune.data import build_dataset, load_card
-    from detprune.train import Trainer, seed_everything
-    from detprune.weights import open_model
+    from detprune.training.trainer import Trainer, seed_everything
+    from detprune.pipeline.weights import open_model
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)

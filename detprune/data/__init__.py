@@ -5,7 +5,7 @@ The small API the trainer and the CLI use::
     card = load_card("datasets/visdrone.yaml")      # or a dataset folder (layout detected)
     ds = build_dataset(card, split="val", img_size=608, train=False)
     loader = make_loader(ds, batch_size=8)          # collate_detection for detection sets
-    ds.coco_gt()                                    # pycocotools GT for detprune.evaluate
+    ds.coco_gt()                                    # pycocotools GT for detprune.eval.evaluate
 
 Sample formats are pinned in docs/internals.md §3.
 """

@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-from detprune.graph import ops_elementwise, ops_layers, ops_shape
+from detprune.graph.ops import elementwise as ops_elementwise
+from detprune.graph.ops import layers as ops_layers
+from detprune.graph.ops import shape as ops_shape
 
 PRODUCERS = {n for n in ops_layers.HANDLERS if n.startswith(("conv", "linear"))}
 

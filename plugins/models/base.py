@@ -1,7 +1,7 @@
 """What every built-in model adapter shares: JSON-checked build args, example inputs,
 the detection output helpers, and the classifiers' loss/decode/protected layers.
 
-An adapter (``detprune.types.ModelAdapter``) owns one model family. Its build arguments live in
+An adapter (``detprune.plugin.protocols.ModelAdapter``) owns one model family. Its build arguments live in
 ``self.args`` and must survive ``json.dumps`` so a pruning recipe can rebuild the dense model.
 """
 from __future__ import annotations
@@ -14,13 +14,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from detprune.errors import DetpruneError
+from detprune.plugin.protocols import ModelAdapter
 
 
 class AdapterArgumentError(DetpruneError, ValueError):
     """A model adapter was given a build argument it cannot use."""
 
 
-class AdapterBase:
+class AdapterBase(ModelAdapter):
     """Stores and validates JSON-serialisable build arguments; gives square example inputs."""
 
     task: str = "classification"

@@ -1,0 +1,1 @@
+"""How each op moves channel ids during capture, one file per family of ops (vocab.py names them)."""

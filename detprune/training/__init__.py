@@ -1,0 +1,1 @@
+"""Training: one Trainer (AMP, EMA, DDP, callbacks), its schedule, atomic checkpoints and run logs."""

@@ -1,0 +1,1 @@
+"""AutoSlim (Yu & Huang 2019): slimmable training and greedy slimming to a FLOPs budget."""

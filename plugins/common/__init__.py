@@ -1,0 +1,1 @@
+"""Pieces every method may use: the channel mask (masked == pruned) and the one-shot pruner."""

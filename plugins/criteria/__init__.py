@@ -1,0 +1,1 @@
+"""Channel criteria that need only weights: filter norms and MFP's filter distances."""

@@ -1,0 +1,1 @@
+"""MFP: soft filter pruning whose criterion is switched per epoch by a meta-attribute."""

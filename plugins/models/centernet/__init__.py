@@ -1,0 +1,1 @@
+"""CenterNet res_18: model, focal-loss targets and peak decoding."""

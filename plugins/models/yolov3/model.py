@@ -1,0 +1,203 @@
+"""YOLOv3 (Redmon & Farhadi 2018, arXiv 1804.02767): a layer-for-layer twin of Darknet's
+``yolov3.cfg`` as SlimYOLOv3 (PengyiZhang/SlimYOLOv3 ``cfg/00-unpruned/yolov3.cfg``) pruned on
+VisDrone: Darknet-53 (section 2.4) and the three-scale head (section 2.3).
+
+The model is generated from a list of Darknet layer definitions, so module ``layers.<i>`` is
+Darknet layer ``i``: 107 layers = 75 convs (72 conv-BN-LeakyReLU(0.1) + three linear 1x1 output
+convs with bias at 81/93/105), 23 shortcuts, 4 routes (83: -4; 86: -1,61; 95: -4; 98: -1,36),
+2 upsamples and 3 ``yolo`` outputs (82/94/106). For 10 classes at 608: 61,572,199 parameters and
+139.61 GFLOPs (2 x MAC), research/algorithms.md section 7.1. ``width``/``depth`` multipliers give
+small models of the same shape (``depth`` scales the residual block counts 1/2/8/8/4, so layer
+numbers match Darknet only at ``depth=1``).
+
+The forward returns the three raw output maps ``[B, 3*(5+nc), H, W]`` at strides 32, 16, 8;
+``yolov3_loss`` and ``yolov3_decode`` interpret them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+import detprune
+from detprune_plugins.models.base import AdapterArgumentError, AdapterBase, scaled
+
+#: ``yolov3.cfg`` anchors in network-input pixels (COCO k-means at 416/608), small to large.
+DARKNET_ANCHORS: tuple[tuple[int, int], ...] = (
+    (10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326)
+)
+#: anchor indices per output, in output order (strides 32, 16, 8): the cfg's ``mask`` lines.
+MASKS: tuple[tuple[int, int, int], ...] = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
+STRIDES: tuple[int, int, int] = (32, 16, 8)
+
+
+def darknet_layers(num_classes: int, width: float = 1.0, depth: float = 1.0) -> list[dict[str, Any]]:
+    """The Darknet layer list of yolov3.cfg (``type`` conv/shortcut/route/upsample/yolo).
+
+    ``from`` (shortcut) and ``layers`` (route) hold absolute layer indices.
+    """
+    defs: list[dict[str, Any]] = []
+
+    def conv(c: int, k: int, s: int = 1) -> int:
+        defs.append({"type": "conv", "filters": scaled(c, width), "size": k, "stride": s, "bn": True})
+        return len(defs) - 1
+
+    def blocks(c: int, n: int) -> int:
+        for _ in range(max(1, int(round(n * depth)))):
+            conv(c // 2, 1)
+            conv(c, 3)
+            defs.append({"type": "shortcut", "from": len(defs) - 3})
+        return len(defs) - 1
+
+    conv(32, 3)
+    stage_out = []
+    for c, n in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+        conv(c, 3, 2)  # downsample
+        stage_out.append(blocks(c, n))
+    outputs = 3 * (5 + num_classes)
+    for h, c in enumerate((512, 256, 128)):  # heads at strides 32, 16, 8
+        if h > 0:
+            defs.append({"type": "route", "layers": [len(defs) - 4]})  # back to the 5th 1x1 of the last head
+            conv(c, 1)
+            defs.append({"type": "upsample", "stride": 2})
+            defs.append({"type": "route", "layers": [len(defs) - 1, stage_out[4 - h]]})
+        for _ in range(3):
+            conv(c, 1)
+            conv(2 * c, 3)
+        defs.append({"type": "conv", "filters": outputs, "size": 1, "stride": 1, "bn": False})
+        defs.append({"type": "yolo", "mask": list(MASKS[h])})
+    return defs
+
+
+class DarknetConv(nn.Module):
+    """conv (no bias) + BN + LeakyReLU(0.1), or a linear conv with bias (the output layers)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, bn: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=not bn)
+        self.bn = nn.BatchNorm2d(cout) if bn else nn.Identity()
+        # not in place: forward hooks on BN (ThiNet, sketching) must see the pre-activation tensor
+        self.act = nn.LeakyReLU(0.1) if bn else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class YOLOv3(nn.Module):
+    """Darknet-53 + YOLOv3 head; ``layers[str(i)]`` is Darknet layer ``i`` (convs and upsamples)."""
+
+    def __init__(self, defs: Sequence[dict[str, Any]], img_size: int = 608) -> None:
+        super().__init__()
+        self.defs = [dict(d) for d in defs]
+        self.layers = nn.ModuleDict()
+        channels: list[int] = []
+        c = 3
+        for i, d in enumerate(self.defs):
+            if d["type"] == "conv":
+                self.layers[str(i)] = DarknetConv(c, d["filters"], d["size"], d["stride"], d["bn"])
+                c = d["filters"]
+            elif d["type"] == "upsample":
+                self.layers[str(i)] = nn.Upsample(scale_factor=d["stride"], mode="nearest")
+            elif d["type"] == "route":
+                c = sum(channels[j] for j in d["layers"])
+            channels.append(c)
+        # outputs read again later (shortcut sources, route inputs): the only ones kept in forward
+        self._reused = {d["from"] for d in self.defs if d["type"] == "shortcut"}
+        self._reused |= {j for d in self.defs if d["type"] == "route" for j in d["layers"]}
+        self.output_layers = [i - 1 for i, d in enumerate(self.defs) if d["type"] == "yolo"]
+        self._init_output_bias(img_size)
+
+    def _init_output_bias(self, img_size: int) -> None:
+        """Prior-probability init of objectness/class logits (ultralytics ``_initialize_biases``,
+        after Lin et al. 2017 focal loss, section 4.1): about 8 objects per 640^2 image, p(cls)=0.6/nc.
+        """
+        with torch.no_grad():
+            for i, stride in zip(self.output_layers, STRIDES):
+                conv = self.layers[str(i)].conv
+                b = conv.bias.view(3, -1)
+                nc = b.shape[1] - 5
+                b[:, 4] += math.log(8 / (img_size / stride) ** 2)
+                b[:, 5:] += math.log(0.6 / max(nc - 0.99, 0.01))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kept: dict[int, torch.Tensor] = {}
+        heads = []
+        for i, d in enumerate(self.defs):
+            t = d["type"]
+            if t == "conv" or t == "upsample":
+                x = self.layers[str(i)](x)
+            elif t == "shortcut":
+                x = x + kept[d["from"]]
+            elif t == "route":
+                srcs = [kept[j] for j in d["layers"]]
+                x = srcs[0] if len(srcs) == 1 else torch.cat(srcs, 1)
+            elif t == "yolo":
+                heads.append(x)
+            if i in self._reused:
+                kept[i] = x
+        return tuple(heads)
+
+
+def check_anchors(anchors: Any) -> list[list[float]]:
+    """Nine positive ``[w, h]`` pairs in network-input pixels, small to large."""
+    try:
+        pairs = [[float(w), float(h)] for w, h in anchors]
+    except (TypeError, ValueError) as exc:
+        raise AdapterArgumentError(f"adapter 'yolov3': anchors must be 9 [w, h] pairs, got {anchors!r}") from exc
+    if len(pairs) != 9 or any(w <= 0 or h <= 0 for w, h in pairs):
+        raise AdapterArgumentError(f"adapter 'yolov3': anchors must be 9 positive [w, h] pairs, got {anchors!r}")
+    return pairs
+
+
+class YOLOv3Adapter(AdapterBase):
+    """YOLOv3 / Darknet-53, three scales (SlimYOLOv3's baseline; 61.57M params for 10 classes)."""
+
+    name = "yolov3"
+    task = "detection"
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        img_size: int = 608,
+        width: float = 1.0,
+        depth: float = 1.0,
+        anchors: Sequence[Sequence[float]] | None = None,
+        match: str = "ratio",
+        hyp: dict[str, float] | None = None,
+    ) -> None:
+        anchors = check_anchors(DARKNET_ANCHORS if anchors is None else anchors)
+        super().__init__(num_classes=num_classes, img_size=img_size, width=width, depth=depth,
+                         anchors=anchors, match=match, hyp=dict(hyp or {}))
+        if img_size % 32:
+            raise AdapterArgumentError(f"adapter 'yolov3': img_size must be a multiple of 32, got {img_size}")
+        from detprune_plugins.models.yolov3.loss import YOLOv3Loss
+
+        unknown = sorted(set(self.args["hyp"]) - set(YOLOv3Loss.HYP))
+        if unknown:
+            raise AdapterArgumentError(
+                f"adapter 'yolov3': unknown loss setting(s) {unknown} in hyp; known: {', '.join(YOLOv3Loss.HYP)}")
+        self._loss = YOLOv3Loss(anchors, num_classes, match=match, **self.args["hyp"])
+
+    def build(self) -> nn.Module:
+        a = self.args
+        return YOLOv3(darknet_layers(a["num_classes"], a["width"], a["depth"]), a["img_size"])
+
+    def loss(self, outputs, targets):
+        return self._loss(outputs, targets)
+
+    def decode(self, outputs, metas=None, conf: float = 0.1, nms_iou: float = 0.5, max_det: int = 500):
+        from detprune_plugins.models.yolov3.decode import decode
+
+        return decode(outputs, self.args["anchors"], self.args["num_classes"], metas,
+                      conf=conf, nms_iou=nms_iou, max_det=max_det)
+
+    def protected(self, model: nn.Module) -> list[str]:
+        """The three linear 1x1 output convs: their channels are (box, objectness, classes) x 3."""
+        return [f"layers.{i}.conv" for i in model.output_layers]
+
+
+@detprune.hookimpl
+def detprune_model_adapters():
+    return {"yolov3": YOLOv3Adapter}

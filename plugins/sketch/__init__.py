@@ -1,0 +1,1 @@
+"""Matrix-Sketching compensation: Frequent Directions over the original filters of pruned layers."""
