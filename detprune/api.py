@@ -11,13 +11,14 @@ from typing import Any, Iterable, Sequence
 
 from torch import nn
 
-from detprune.graph import ChannelGraph, trace
-from detprune.graph.trace import as_inputs
 from detprune.eval.measure import count_flops, count_params
-from detprune.recipe import ATTR, builder_spec, mark
+from detprune.graph import ChannelGraph, trace
 from detprune.graph.plan import PruningPlan
+from detprune.graph.trace import as_inputs
 from detprune.plugin.context import PruneContext
+from detprune.plugin.host import plugins
 from detprune.plugin.protocols import conform, score_groups
+from detprune.recipe import ATTR, builder_spec, mark
 
 
 @dataclass
@@ -63,8 +64,6 @@ class PruneResult:
 
 def _criterion(criterion: Any) -> Any:
     if isinstance(criterion, str):
-        from detprune.plugin.host import plugins
-
         return plugins().criterion(criterion)
     if not callable(getattr(criterion, "score", None)):
         raise ValueError(f"criterion must be a name or an object with score(model, group, ctx), got {criterion!r}")

@@ -31,9 +31,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from detprune import __version__
 from detprune.errors import DetpruneError, GraphError, RecipeError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
+from detprune.plugin.host import plugins
+from detprune.plugin.protocols import unwrap
 
 FORMAT = "detprune-recipe/2"
 FORMAT_V1 = "detprune-recipe/1"
@@ -70,9 +73,6 @@ def builder_spec(builder: Any) -> dict[str, Any] | None:
 
 def _registered_name(adapter: Any) -> str | None:
     """The registered name of an adapter instance without a ``name`` attribute (its factory's entry)."""
-    from detprune.plugin.host import plugins
-    from detprune.plugin.protocols import unwrap
-
     for entry in plugins().entries("adapter"):
         if entry.factory is type(unwrap(adapter)):
             return entry.name
@@ -106,8 +106,6 @@ def mark(pruned: nn.Module, parent: dict[str, Any] | None, builder: dict[str, An
 
 def make_recipe(builder: dict[str, Any], stages: list[dict[str, Any]], training: bool = False) -> dict[str, Any]:
     """A complete recipe with its digest."""
-    from detprune import __version__
-
     recipe = {"format": FORMAT, "builder": builder, "stages": stages, "training": bool(training),
               "detprune_version": __version__}
     recipe["sha256"] = digest(recipe)
@@ -226,8 +224,6 @@ def _build_dense(spec: dict[str, Any], where: str, trusted: Iterable[str], expli
     args = spec.get("args", {})
     try:
         if "adapter" in spec:
-            from detprune.plugin.host import plugins
-
             return plugins().adapter(spec["adapter"], **args).build()
         target = spec["callable"]
         if not explicit and target not in set(trusted):

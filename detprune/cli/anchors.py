@@ -30,7 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detprune.data.anchors import format_anchors, kmeans_anchors, visdrone_box_shapes, write_card_anchors
+    from detprune.data.anchors import (
+        format_anchors,
+        kmeans_anchors,
+        visdrone_box_shapes,
+        write_card_anchors,
+    )
     from detprune.data.cards import load_card
 
     if args.n < 1:

@@ -106,7 +106,8 @@ def run_demo(cfg: DemoConfig, out: Path, device: str | None = None, retrain: boo
              quick: bool = False, cache: Path | None = None) -> dict[str, Any]:
     """Train (or reuse) the dense model, run both arms, measure latency side by side; the result dict."""
     from detprune.data import default_card
-    from detprune.pipeline.trip import PipelineConfig, run as run_pipeline
+    from detprune.pipeline.trip import PipelineConfig
+    from detprune.pipeline.trip import run as run_pipeline
 
     _require_plugins()
     t0 = time.perf_counter()
@@ -160,8 +161,8 @@ def demo_anchors(card: Any, img_size: int, split: str = "train") -> list[list[fl
     Darknet defaults are sized for 416-608 px COCO objects, the synthetic ones are 3-30 px."""
     import numpy as np
 
-    from detprune.data.anchors import kmeans_anchors
     from detprune.data import build_dataset
+    from detprune.data.anchors import kmeans_anchors
 
     ds = build_dataset(card, split=split, img_size=img_size)
     wh = np.concatenate([(np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, 2:]

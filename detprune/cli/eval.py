@@ -6,7 +6,12 @@ import json
 import sys
 from typing import Any
 
-from detprune.cli._values import nonnegative_int, positive_float, positive_int, unit_float
+from detprune.cli._values import (
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 from detprune.errors import DetpruneError
 
 EPILOG = """\
@@ -84,10 +89,10 @@ def _score_predictions(path: str, ds) -> dict[str, Any]:
 
 def _score_model(args: argparse.Namespace, card) -> dict[str, Any]:
     """Load the model as its weights file records it, then score it on the split."""
-    from detprune.training import distributed as D
     from detprune.data import DEFAULT_IMG_SIZE, build_dataset, make_loader
     from detprune.eval.evaluate import evaluate_classifier, evaluate_model
     from detprune.pipeline.weights import open_model
+    from detprune.training import distributed as D
 
     device = D.resolve_device(args.device)  # before any loading: a missing GPU is a one-line error
     loaded = open_model(args.model, card, args.weights, img_size=args.img_size,

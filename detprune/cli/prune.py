@@ -8,7 +8,13 @@ import logging
 import sys
 from typing import Any
 
-from detprune.cli._values import nonnegative_float, nonnegative_int, positive_float, positive_int, unit_float
+from detprune.cli._values import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    unit_float,
+)
 from detprune.errors import DetpruneError
 
 EPILOG = """\

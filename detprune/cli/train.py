@@ -5,7 +5,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from detprune.cli._values import nonnegative_float, nonnegative_int, positive_float, positive_int
+from detprune.cli._values import (
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 EPILOG = """\
 examples:
@@ -62,10 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detprune.training import distributed as D
     from detprune.data import build_dataset, load_card
-    from detprune.training.trainer import Trainer, seed_everything
     from detprune.pipeline.weights import open_model
+    from detprune.training import distributed as D
+    from detprune.training.trainer import Trainer, seed_everything
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)

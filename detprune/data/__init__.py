@@ -7,16 +7,19 @@ The small API the trainer and the CLI use::
     loader = make_loader(ds, batch_size=8)          # collate_detection for detection sets
     ds.coco_gt()                                    # pycocotools GT for detprune.eval.evaluate
 
-Sample formats are pinned in docs/internals.md §3.
+Sample formats are pinned in docs/internals.md §3. The dataset classes are imported inside
+:func:`build_dataset`: they pull in albumentations (~0.4 s), which reading a card does not need.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from detprune.data.cards import DatasetCard, load_card
+from detprune.data.card import DatasetCard
+from detprune.data.cards import load_card
 from detprune.data.collate import collate_detection
 from detprune.data.report import DataReport
+from detprune.data.synthetic import ensure_default
 from detprune.errors import DataFormatError
 
 __all__ = [
@@ -69,6 +72,4 @@ def make_loader(dataset, batch_size: int = 8, shuffle: bool = False, workers: in
 
 def default_card(cache_dir: str | Path | None = None) -> DatasetCard:
     """The embedded synthetic drone dataset (generated into the cache on first use)."""
-    from detprune.data.synthetic import ensure_default
-
     return ensure_default(cache_dir)

@@ -16,6 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
+from detprune.data.images import find_images, image_size
+from detprune.data.visdrone_parse import read_annotation_file
 from detprune.errors import DataFormatError
 
 #: VisDrone2019-DET frame sizes (w, h), smallest first. 960x540, 1360x765 and 1920x1080 are the
@@ -115,9 +117,6 @@ def visdrone_box_shapes(annotations: Path, images: Path | None = None, ignore: I
     Parsing goes through the data loader's strict parser (``detprune.data.visdrone_parse``), so
     a malformed line fails with ``file:line: field``.
     """
-    from detprune.data.images import find_images, image_size
-    from detprune.data.visdrone_parse import read_annotation_file
-
     files = sorted(Path(annotations).glob("*.txt"))
     if not files:
         raise DataFormatError(f"{annotations}: no VisDrone annotation files (*.txt)")

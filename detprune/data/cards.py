@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from detprune.data.card import DatasetCard
 from detprune.data.checks import int64_problem, long_integer
-from detprune.errors import DataFormatError, DetpruneError
+from detprune.data.layouts import detect_layout
+from detprune.data.synthetic import ensure_generated
+from detprune.errors import DataFormatError
 
 TASKS = ("detection", "classification")
 FORMATS = {"visdrone": "detection", "coco": "detection", "imagefolder": "classification"}
@@ -29,63 +31,6 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def _is_id(v: Any) -> bool:
     """A category id: an int64, and not YAML ``true``/``false`` (a bool is an int in Python)."""
     return isinstance(v, int) and not isinstance(v, bool) and int64_problem(v) is None
-
-
-@dataclass
-class DatasetCard:
-    """A parsed card. ``category_ids[i]`` is the id in the files of class ``i`` (None: from data)."""
-
-    name: str
-    task: str
-    format: str
-    root: Path
-    splits: dict[str, Any]
-    classes: list[str]
-    category_ids: list[int] | None = None
-    ignore: tuple[int, ...] = ()
-    img_size: int | None = None
-    source: str = ""
-    generate: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    def has_split(self, split: str) -> bool:
-        """Whether :meth:`resolve_split` finds ``split``."""
-        try:
-            self.resolve_split(split)
-        except DetpruneError:
-            return False
-        return True
-
-    def resolve_split(self, split: str | None) -> str:
-        """The split key for ``split``: exact, else a unique key ending in ``-split``/``_split``.
-
-        ``None`` means the only split, else ``val``.
-        """
-        keys = list(self.splits)
-        if split is None:
-            if len(keys) == 1:
-                return keys[0]
-            split = "val"
-        if split in self.splits:
-            return split
-        close = [k for k in keys if k.endswith((f"-{split}", f"_{split}"))]
-        if len(close) == 1:
-            return close[0]
-        raise DataFormatError(f"{self.source}: field 'splits': no split {split!r}; this dataset has: {', '.join(keys)}")
-
-    def split_paths(self, split: str | None) -> tuple[str, Path, Path | None]:
-        """``(key, images_or_split_folder, annotations or None)`` for a split, resolved to paths."""
-        key = self.resolve_split(split)
-        spec = self.splits[key]
-        if isinstance(spec, dict):
-            images = self.root / str(spec.get("images", "."))
-            ann = spec.get("annotations")
-            return key, images, (self.root / str(ann)) if ann is not None else None
-        return key, self.root / str(spec), None
 
 
 def expand(text: str) -> str:
@@ -180,8 +125,6 @@ def load_card(path: str | Path, root: str | Path | None = None) -> DatasetCard:
     """
     p = Path(expand(str(path)))
     if p.is_dir():
-        from detprune.data.layouts import detect_layout
-
         card = detect_layout(p)
     elif p.is_file():
         try:
@@ -201,7 +144,5 @@ def load_card(path: str | Path, root: str | Path | None = None) -> DatasetCard:
     if root is not None:
         card.root = Path(expand(str(root)))
     if card.generate is not None:
-        from detprune.data.synthetic import ensure_generated
-
         ensure_generated(card)
     return card

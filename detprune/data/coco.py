@@ -13,7 +13,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from detprune.data.checks import coco_categories, finite_number, json_int, json_str, read_json, show_json
+from detprune.data.checks import (
+    coco_categories,
+    finite_number,
+    json_int,
+    json_str,
+    read_json,
+    show_json,
+)
 from detprune.data.detection import DetectionDataset, ImageRecord
 from detprune.data.report import DataReport
 from detprune.errors import DataFormatError

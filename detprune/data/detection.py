@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from detprune.data.images import read_image
 from detprune.data.report import DataReport
-from detprune.data.transforms import DetectionTransform
+from detprune.data.transforms import DetectionTransform, to_tensor
 from detprune.errors import DataFormatError
 
 ALL_CLASSES = -1  # an ignored region that applies to every class (VisDrone category 0)
@@ -79,8 +79,6 @@ class DetectionDataset(Dataset):
                                   f"{rec.size[1]}x{rec.size[0]}")
         meta = {"image_id": rec.image_id, "path": str(rec.path), "orig_size": rec.size}
         if self.transform is None:
-            from detprune.data.transforms import to_tensor
-
             meta.update(scale=1.0, scale_xy=(1.0, 1.0), pad=(0.0, 0.0))
             return to_tensor(image), self._target(rec.boxes, rec.labels, rec.ignore), meta
         lb = self.transform(image, rec.boxes, rec.labels, rec.ignore)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detprune.data.cards import DatasetCard
+from detprune.data.card import DatasetCard
 from detprune.data.checks import coco_categories, read_json
 from detprune.data.images import is_image
 from detprune.data.visdrone_parse import VISDRONE_CLASSES

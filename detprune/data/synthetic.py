@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detprune.data.cards import DatasetCard
-from detprune.data.synthetic_sprites import SPRITES, others, pedestrian, car, motor
+from detprune.data.card import DatasetCard
+from detprune.data.synthetic_sprites import SPRITES, car, motor, others, pedestrian
 from detprune.data.visdrone_parse import VISDRONE_CLASSES
 from detprune.errors import DataFormatError
 

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Subset
 
 from detprune.errors import DataFormatError
+from detprune.eval.metrics_coco import coco_map
 
 PROTOCOL = "COCO-style mAP (pycocotools, 101-point) with VisDrone ignored regions as crowd; maxDets 100 and 500"
 
@@ -64,8 +65,6 @@ def evaluate_detections(predictions: Iterable[dict[str, Any]], gt, *, category_i
     cached ``coco_gt()``), a ``torch.utils.data.Subset`` of one (scored on its images only) or a
     pycocotools ``COCO``. Label ``i`` is category ``category_ids[i]`` (default: the dataset's, else
     the GT category ids in increasing order). ``image_ids`` restricts scoring to those images."""
-    from detprune.eval.metrics_coco import coco_map
-
     if isinstance(gt, Subset) and hasattr(gt.dataset, "coco_gt"):
         sub_ids = [gt.dataset.records[i].image_id for i in gt.indices]
         image_ids = sub_ids if image_ids is None else [i for i in image_ids if i in set(sub_ids)]

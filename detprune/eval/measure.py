@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from detprune.errors import DetpruneError
+from detprune.graph.capture import evaluating
 
 MODES = ("eager", "compile", "cuda-graph", "onnxruntime")
 
@@ -37,8 +38,6 @@ def count_params(model: nn.Module) -> int:
 
 def count_flops(model: nn.Module, inputs: Any) -> int:
     """2·MAC of one eval-mode forward pass on ``inputs``."""
-    from detprune.graph.capture import evaluating
-
     with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(*_as_tuple(inputs))
     return int(counter.get_total_flops())

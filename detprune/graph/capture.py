@@ -7,15 +7,14 @@ Every tensor whose channels we can follow carries an *id array*: an int array wi
 tensor axis, of size 1 on axes that carry no channel information and of the tensor's size on the
 channel axis; element ``e`` of the tensor belongs to channel id ``ids[broadcast(e)]``.
 Producers (conv, linear) mint fresh ids; everything else moves, slices, concatenates or unions
-them (``ops_*`` modules). The result is a :class:`Capture`: raw ids, union pairs, constraints,
+them (``ops/`` modules). The result is a :class:`Capture`: raw ids, union pairs, constraints,
 fixed ids and, per module, which ids each of its channel axes carries.
 """
 from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -24,60 +23,14 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from detprune.errors import GraphError
-
-
-@dataclass
-class ModRecord:
-    """What one module's channel axes carry. ``out``/``inp``/``through`` hold one raw id per position.
-
-    ``kind``: ``conv`` (incl. transposed and grouped), ``dwconv`` (depthwise: a per-channel
-    "through" module), ``linear``, ``norm`` (BN/IN/GN/LN) or ``prelu``. ``params`` names the
-    module's tensors and the axis each one is sliced along, per role.
-    """
-
-    name: str
-    kind: str
-    params: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
-    out: np.ndarray | None = None
-    inp: np.ndarray | None = None
-    through: np.ndarray | None = None
-    groups: int = 1
-    transposed: bool = False
-    mult: int = 1  # depthwise channel multiplier
-    norm_groups: int | None = None  # GroupNorm's num_groups
-    order: int = 0
-
-
-@dataclass
-class ParamSlot:
-    """A parameter or buffer used per channel by a pointwise op (e.g. a layer-scale ``gamma``)."""
-
-    module: str
-    param: str
-    axis: int
-    ids: np.ndarray
-    order: int = 0
-
-
-@dataclass
-class Constraint:
-    """Blocks of positions (raw ids, with multiplicity) that must keep equal counts."""
-
-    blocks: list[np.ndarray]
-    where: str
-
-
-@dataclass
-class Capture:
-    n_ids: int
-    sources: list[tuple[int, int, str]]  # [start, stop) minted by one source
-    edges: list[tuple[np.ndarray, np.ndarray]]
-    fixed: list[tuple[np.ndarray, str]]
-    constraints: list[Constraint]
-    records: dict[str, ModRecord]
-    param_slots: dict[tuple[str, str, int], ParamSlot]
-    output_spec: Any  # pytree spec of the outputs
-    output_shapes: list[tuple[int, ...] | None]
+from detprune.graph.records import (
+    Capture,
+    Constraint,
+    ModRecord,
+    ParamSlot,
+    flat_tensors,
+)
+from detprune.graph.vocab import PRODUCERS, dispatch, op_name, param_lineage
 
 
 @contextlib.contextmanager
@@ -143,16 +96,14 @@ class Recorder(TorchFunctionMode):
         if not tensors:
             return out
         info = self.info
-        from detprune.graph import vocab
-
         if not any(id(t) in info for t in tensors):
             if any(id(t) in self.owner or id(t) in self.lineage for t in tensors):
-                if vocab.op_name(func) in vocab.PRODUCERS:  # a conv on a tensor made inside forward
-                    vocab.dispatch(self, func, args, kwargs, out)
+                if op_name(func) in PRODUCERS:  # a conv on a tensor made inside forward
+                    dispatch(self, func, args, kwargs, out)
                 else:
-                    vocab.param_lineage(self, func, args, kwargs, out)
+                    param_lineage(self, func, args, kwargs, out)
             return out
-        vocab.dispatch(self, func, args, kwargs, out)
+        dispatch(self, func, args, kwargs, out)
         return out
 
     # ---- helpers for handlers -----------------------------------------------------------
@@ -257,17 +208,6 @@ class Recorder(TorchFunctionMode):
             self.stack.pop()
         if self.leaf_depth:
             self.leaf_depth -= 1  # leaf outputs stay untracked: their channels are fixed
-
-
-def flat_tensors(args: Iterable[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:
-    """The tensors among an op's arguments, including those inside lists/tuples (``torch.cat``)."""
-    found = []
-    for a in list(args) + list(kwargs.values()):
-        if isinstance(a, torch.Tensor):
-            found.append(a)
-        elif isinstance(a, (list, tuple)):
-            found.extend(x for x in a if isinstance(x, torch.Tensor))
-    return found
 
 
 def run_capture(model: nn.Module, inputs: tuple[Any, ...], leaves: Sequence[Any] = ()) -> Capture:

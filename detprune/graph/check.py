@@ -6,7 +6,7 @@ copy, keep the half that still fails, until one group is left, so the error name
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -47,10 +47,8 @@ def run_forward(graph, model: nn.Module) -> str | None:
     return None
 
 
-def _fails(graph, model: nn.Module, plan: PruningPlan, gids: list[int]) -> str | None:
+def _fails(graph, model: nn.Module, plan: PruningPlan, gids: list[int], apply: Callable[..., nn.Module]) -> str | None:
     sub = PruningPlan({g: plan.kept[g] for g in gids})
-    from detprune.graph.surgery import apply
-
     return run_forward(graph, apply(graph, model, sub, check=False))
 
 
@@ -61,7 +59,10 @@ def _describe(graph, gid: int) -> str:
     return f"group {gid} (size {g.size}, producers {shown or 'none'})"
 
 
-def check_or_explain(graph, original: nn.Module | None, pruned: nn.Module, plan: PruningPlan) -> None:
+def check_or_explain(graph, original: nn.Module | None, pruned: nn.Module, plan: PruningPlan,
+                     apply: Callable[..., nn.Module]) -> None:
+    """Run the pruned model once; on failure, bisect the plan's groups (re-pruning ``original`` with
+    ``apply``, the surgery) and name the first group that breaks the forward pass."""
     problem = run_forward(graph, pruned)
     if problem is None:
         return
@@ -72,11 +73,11 @@ def check_or_explain(graph, original: nn.Module | None, pruned: nn.Module, plan:
     while len(gids) > 1:
         half = len(gids) // 2
         first, second = gids[:half], gids[half:]
-        p1 = _fails(graph, original, plan, first)
+        p1 = _fails(graph, original, plan, first, apply)
         if p1 is not None:
             gids, problem = first, p1
             continue
-        p2 = _fails(graph, original, plan, second)
+        p2 = _fails(graph, original, plan, second, apply)
         if p2 is not None:
             gids, problem = second, p2
             continue

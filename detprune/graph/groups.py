@@ -17,7 +17,11 @@ import torch
 from torch import nn
 
 from detprune.errors import GraphError
-from detprune.graph.capture import Capture, ModRecord, ParamSlot
+from detprune.graph.planner import make_plan, structure, validate
+from detprune.graph.records import Capture, ModRecord, ParamSlot
+from detprune.graph.rows import slot_rows
+from detprune.graph.surgery import apply
+from detprune.graph.unionfind import components
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,8 +76,6 @@ class ChannelGroup:
             return self.fixed_reasons[0] if self.fixed_reasons else "every channel is fixed"
         if not any(s.role == "out" for s in self.slots):
             return "no producer whose filters could be removed"
-        from detprune.graph.planner import structure
-
         if not structure(self).can_remove:
             what = "; ".join(w for w, _ in self.blocks[:2])
             return f"its count constraints leave no channel that can go alone or in equal rounds ({what})"
@@ -96,8 +98,6 @@ class ChannelGroup:
 
     def rows(self, model: nn.Module, slot: Slot) -> torch.Tensor | None:
         """The slot's weight, one row per position (a detached copy), or None without a weight."""
-        from detprune.graph.rows import slot_rows
-
         return slot_rows(model, slot, self.records.get(slot.module))
 
     def reduce(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], role: str = "out",
@@ -164,14 +164,10 @@ class ChannelGraph:
 
     def validate(self, plan) -> None:
         """Raise GraphError naming the group when ``plan`` breaks a rule (fixed channels, equal blocks, ...)."""
-        from detprune.graph.planner import validate
-
         validate(self, plan)
 
     def kept_mask(self, plan) -> np.ndarray:
         """Per raw id: does the channel survive ``plan``?"""
-        from detprune.graph.planner import validate
-
         validate(self, plan)
         offsets = np.cumsum([0] + [g.size for g in self.groups])
         keep = np.ones(offsets[-1], dtype=bool)
@@ -198,14 +194,10 @@ class ChannelGraph:
     def plan(self, scores: dict[int, torch.Tensor], ratio: float, round_to: int | None = None,
              global_ranking: bool = False, min_keep: float = 0.0):
         """Top channels per group (or by one global ranking), respecting every constraint."""
-        from detprune.graph.planner import make_plan
-
         return make_plan(self, scores, ratio, round_to=round_to, global_ranking=global_ranking, min_keep=min_keep)
 
     def apply(self, model: nn.Module, plan, inplace: bool = False, check: bool = True) -> nn.Module:
         """Physically prune ``model`` by ``plan`` (on a deep copy unless ``inplace``)."""
-        from detprune.graph.surgery import apply
-
         return apply(self, model, plan, inplace=inplace, check=check)
 
     def summary(self) -> str:
@@ -216,8 +208,6 @@ class ChannelGraph:
 
 
 def _components_labels(cap: Capture, extra: Iterable[tuple[np.ndarray, np.ndarray]] = ()) -> np.ndarray:
-    from detprune.graph.unionfind import components
-
     return components(cap.n_ids, list(cap.edges) + list(extra))
 
 

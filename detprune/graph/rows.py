@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detprune.graph.capture import ModRecord
+from detprune.graph.records import ModRecord
 
 
 def _grouped(w: torch.Tensor, groups: int, pos: torch.Tensor, axis_len: int, first_is_pos: bool) -> torch.Tensor:

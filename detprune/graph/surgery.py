@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from detprune.errors import GraphError
-from detprune.graph.capture import ModRecord
+from detprune.graph.check import check_or_explain
 from detprune.graph.clone import clone
+from detprune.graph.records import ModRecord
 
 Changes = tuple[dict[str, torch.Tensor], dict[str, Any]]  # new tensors by name, new attributes
 
@@ -182,7 +183,5 @@ def apply(graph, model: nn.Module, plan, inplace: bool = False, check: bool = Tr
         for name, (_, attrs) in changes.items():
             _install(new.get_submodule(name), {}, attrs)
     if check and plan.kept:
-        from detprune.graph.check import check_or_explain
-
-        check_or_explain(graph, model if not inplace else None, new, plan)
+        check_or_explain(graph, model if not inplace else None, new, plan, apply)
     return new

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import detprune
 from detprune.errors import DetpruneError
 
 
@@ -123,8 +124,6 @@ def takes(factory: Any, key: str) -> bool:
 
 def pruner_options(cfg: PipelineConfig) -> dict[str, Any]:
     """The pruner's keyword options from the flags that belong to it, plus ``--pruner-opt``."""
-    import detprune
-
     factory = detprune.plugins().get("pruner", cfg.pruner).factory
     if cfg.criterion is not None:
         detprune.plugins().get("criterion", cfg.criterion)  # an unknown name fails before any training
@@ -147,8 +146,6 @@ def pruner_options(cfg: PipelineConfig) -> dict[str, Any]:
 def compensator_options(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
     """Per compensator (in chain order) its keyword options: ``--alpha`` and ``--compensator-opt``
     go to every compensator that takes the key; a key none of them takes is an error."""
-    import detprune
-
     host = detprune.plugins()
     factories = {name: host.get("compensator", name).factory for name in cfg.compensators}
     wanted = dict(cfg.compensator_options)

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from detprune import __version__
+from detprune.pipeline.plots import plot_widths
+
 FORMAT = "detprune-report/1"
 METRIC = {"classification": "top1", "detection": "map50"}
 _WIDTH_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
@@ -92,8 +95,6 @@ def jsonable(obj: Any) -> Any:
 
 def build(raw: dict[str, Any]) -> dict[str, Any]:
     """The report dict from the pipeline's raw objects (models, plan, graph, config)."""
-    from detprune import __version__
-
     dense, pruned = raw["dense"], raw["pruned"]
     metric = METRIC[raw["task"]]
     kept = {k: pruned[k] / dense[k] if dense[k] else None for k in ("params", "flops", "latency_ms")}
@@ -116,8 +117,6 @@ def write_report(raw: dict[str, Any], out: str | Path, pruner: Any = None, plots
     report = build(raw)
     files = {**(files or {}), "json": out / "report.json", "md": out / "report.md"}
     if plots:
-        from detprune.pipeline.plots import plot_widths
-
         files["widths"] = plot_widths(report["layers"], out / "widths.png",
                                       title=f"{report['model']}: widths before / after {report['pruner']}")
         if pruner is not None:

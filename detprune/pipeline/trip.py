@@ -25,14 +25,29 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from detprune.training import distributed as D
+import detprune
+from detprune.api import PruneResult
+from detprune.data import (
+    DEFAULT_IMG_SIZE,
+    DatasetCard,
+    build_dataset,
+    default_card,
+    load_card,
+)
+from detprune.data.collate import collate_detection
 from detprune.errors import DetpruneError
-from detprune.pipeline.config import PipelineConfig, compensator_options, pruner_options
-from detprune.recipe import ATTR, mark
-from detprune.pipeline.report import write_report
-from detprune.pipeline.run_folder import RunFolder
+from detprune.eval.evaluate import evaluate_classifier, evaluate_model
+from detprune.eval.measure import count_flops, count_params, measure_latency
+from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
+from detprune.pipeline.config import PipelineConfig, compensator_options, pruner_options
+from detprune.pipeline.report import markdown, write_report
+from detprune.pipeline.run_folder import RunFolder
+from detprune.pipeline.weights import open_model
 from detprune.plugin.context import PruneContext
+from detprune.recipe import ATTR, mark, save
+from detprune.training import distributed as D
+from detprune.training.trainer import Trainer
 
 __all__ = ["PipelineConfig", "PipelineResult", "run"]
 
@@ -59,8 +74,6 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     option, the output folder); the run writes into a staging folder that replaces the previous
     result only when it succeeded (:mod:`detprune.pipeline.run_folder`).
     """
-    from detprune.graph import trace
-
     cfg.check()
     pruner = _plugin("pruner", cfg.pruner, pruner_options(cfg))
     compensators = [(name, _plugin("compensator", name, opts)) for name, opts in compensator_options(cfg).items()]
@@ -166,8 +179,6 @@ class Data:
         self.card, self.train_ds, self.val_ds, self.img_size, self.cfg = card, train_ds, val_ds, img_size, cfg
         collate = None
         if card.task == "detection":
-            from detprune.data.collate import collate_detection
-
             collate = collate_detection
         self.train_loader = None if train_ds is None else D.make_loader(
             train_ds, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed, collate_fn=collate)
@@ -175,8 +186,6 @@ class Data:
 
     @classmethod
     def load(cls, cfg: PipelineConfig, card: Any = None, img_size: int | None = None) -> "Data":
-        from detprune.data import DEFAULT_IMG_SIZE, build_dataset
-
         card = card if card is not None else load_data_card(cfg)
         size = img_size or cfg.img_size or card.img_size or DEFAULT_IMG_SIZE[card.task]
         val_ds = build_dataset(card, split=cfg.val_split, img_size=size, train=False)
@@ -195,8 +204,6 @@ class Data:
 
 def load_data_card(cfg: PipelineConfig) -> Any:
     """The card ``cfg.data`` names (a path, a folder, a DatasetCard), or the embedded synthetic set."""
-    from detprune.data import DatasetCard, default_card, load_card
-
     if cfg.data is None:
         return default_card()
     return cfg.data if isinstance(cfg.data, DatasetCard) else load_card(cfg.data)
@@ -218,8 +225,6 @@ def build_model(cfg: PipelineConfig, card: Any) -> tuple[Any, nn.Module]:
     A pruned recipe is pruned further (iterative pruning, as SlimYOLOv3's two passes): the model
     carries its recipe, and the new recipe replays both passes.
     """
-    from detprune.pipeline.weights import open_model
-
     loaded = open_model(cfg.model, card, cfg.weights, img_size=cfg.img_size,
                         overrides={"width": cfg.width, **cfg.model_args})
     return loaded.adapter, loaded.model
@@ -228,8 +233,6 @@ def build_model(cfg: PipelineConfig, card: Any) -> tuple[Any, nn.Module]:
 def train(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, epochs: int, out_dir: Path,
           device: torch.device, pruner: Any = None, lr: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """``epochs`` of the Trainer on the model as it is (never rebuilt); callbacks from ``pruner``."""
-    from detprune.training.trainer import Trainer
-
     if data.train_loader is None:
         raise DetpruneError("training needs a training split")
     base_lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 0.001)
@@ -246,8 +249,6 @@ def train(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, epoch
 
 def evaluate(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig) -> dict[str, Any]:
     """The task's metrics on the validation split through :mod:`detprune.eval.evaluate`."""
-    from detprune.eval.evaluate import evaluate_classifier, evaluate_model
-
     if adapter.task == "classification":
         return evaluate_classifier(model, data.val_loader, progress=cfg.progress)
     result = evaluate_model(model, adapter, data.val_loader, iou_range=cfg.iou_range, progress=cfg.progress)
@@ -256,8 +257,6 @@ def evaluate(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig) ->
 
 def measure(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, inputs: tuple) -> dict[str, Any]:
     """Metrics, parameters, FLOPs (2·MAC) and median latency (batch 1) of one model."""
-    from detprune.eval.measure import count_flops, count_params, measure_latency
-
     stats: dict[str, Any] = {"metrics": evaluate(model, adapter, data, cfg), "params": count_params(model),
                              "flops": count_flops(model, inputs)}
     lat = measure_latency(model, inputs, warmup=cfg.latency_warmup, iters=cfg.latency_iters)
@@ -268,10 +267,6 @@ def measure(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, inp
 def save_pruned(pruned: nn.Module, dense: nn.Module, plan: PruningPlan, graph: Any, builder: dict[str, Any],
                 parent: dict[str, Any] | None, path: Path) -> Path:
     """``DIR/pruned.pt``: recipe + weights, loadable by ``detprune.load`` and ``detprune eval --weights``."""
-    from detprune.api import PruneResult
-    from detprune.eval.measure import count_params
-    from detprune.recipe import save
-
     result = PruneResult(model=pruned.eval(), plan=plan, graph=graph, params_before=count_params(dense),
                          params_after=count_params(pruned), builder=None if parent else builder, dense=dense,
                          parent=parent)
@@ -297,15 +292,11 @@ class Clock:
 
 
 def _plugin(kind: str, name: str, options: dict[str, Any]) -> Any:
-    import detprune
-
     return detprune.plugins().create(kind, name, **options)
 
 
 def _relocate_report(files: dict[str, Path], stage: Path, out: Path) -> None:
     """Paths in report.json/.md name where files will be after the commit, not the staging folder."""
-    from detprune.pipeline.report import markdown
-
     def move(obj: Any) -> Any:
         if isinstance(obj, str):
             return obj.replace(str(stage), str(out))
@@ -325,6 +316,4 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _notify(report: dict[str, Any]) -> None:
-    import detprune
-
     detprune.plugins().report({"event": "pruned", **report})

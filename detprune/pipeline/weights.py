@@ -22,8 +22,13 @@ from typing import Any
 import torch
 from torch import nn
 
+import detprune
+from detprune.data import DEFAULT_IMG_SIZE
+from detprune.data.anchors import card_anchors
 from detprune.errors import DetpruneError
 from detprune.recipe import parse_recipe, rebuild
+from detprune.training.checkpoint import FORMAT as CKPT_FORMAT
+from detprune.training.checkpoint import load_checkpoint
 
 #: keys of adapter args that fix the architecture (a flag may not contradict the file on these)
 _SIZE_KEYS = ("img_size",)
@@ -44,17 +49,12 @@ def adapter_args(name: str, card: Any, img_size: int | None = None,
     """Build arguments from the card (classes, size, anchors) that the adapter's constructor takes,
     plus ``overrides`` (``--width``, ``--depth``, ``--model-arg``: passed even when unknown, so the
     adapter's own error names the option)."""
-    import detprune
-    from detprune.data.anchors import card_anchors
-
     factory = detprune.plugins().get("adapter", name).factory
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    from detprune.data import DEFAULT_IMG_SIZE
-
     size = img_size or card.img_size or DEFAULT_IMG_SIZE.get(card.task) or _default(params, "img_size")
     anchors = card_anchors(card, size) if size else card.extra.get("anchors")  # pixels of the input size
     offered = {"num_classes": card.num_classes, "img_size": size, "anchors": anchors}
@@ -99,16 +99,12 @@ def _read(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickled objects, truncation, foreign formats
-        from detprune.training.checkpoint import load_checkpoint
-
         load_checkpoint(path)  # raises the checkpoint module's message (truncated? an intact last.prev.pt?)
         raise DetpruneError(f"{path}: cannot read it with torch.load(weights_only=True): {exc}") from None
 
 
 def _recorded(obj: Any, path: Path) -> tuple[tuple[str, dict] | None, dict | None, dict, str]:
     """(adapter name and args the file records, recipe, state_dict, kind) of a loaded file."""
-    from detprune.training.checkpoint import FORMAT as CKPT_FORMAT
-
     if isinstance(obj, dict) and {"recipe", "state_dict"} <= set(obj):
         recipe = parse_recipe(obj["recipe"], str(path))
         spec = recipe["builder"]
@@ -158,8 +154,6 @@ def _reconcile(name: str, card: Any, path: Path, recorded: tuple[str, dict], img
 
 
 def _adapter(name: str, args: dict[str, Any], card: Any) -> Any:
-    import detprune
-
     adapter = detprune.plugins().adapter(name, **args)
     if getattr(adapter, "task", card.task) != card.task:
         raise DetpruneError(f"model '{name}' is a {adapter.task} model but {card.source or card.name} is a "

@@ -17,8 +17,13 @@ from typing import Any, Callable, Iterable
 
 import pluggy
 
+from detprune.errors import (
+    BrokenPluginError,
+    PluginConflictError,
+    PluginError,
+    UnknownPluginError,
+)
 from detprune.plugin import hookspecs
-from detprune.errors import BrokenPluginError, PluginConflictError, PluginError, UnknownPluginError
 from detprune.plugin.protocols import conform, missing_methods
 
 GROUP = "detprune"

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from detprune.data.collate import collate_detection
 from detprune.errors import DetpruneError
 
 
@@ -152,8 +153,6 @@ def make_loader(
     if n == 0:
         raise DetpruneError("the dataset is empty")
     if collate_fn is None and getattr(dataset, "task", None) == "detection":
-        from detprune.data.collate import collate_detection
-
         collate_fn = collate_detection
     if train:
         sampler: Sampler[int] = DistributedSampler(

@@ -39,17 +39,28 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from detprune.training import checkpoint as ckpt
-from detprune.training import distributed as D
 from detprune.data.collate import move_batch
-from detprune.training.ema import ModelEMA
 from detprune.errors import DetpruneError
-from detprune.training.runlog import plot_history, write_metrics_csv
-from detprune.training.schedule import build_optimizer, build_scheduler, warmup_cosine
-from detprune.training.config import TrainConfig, seed_everything, use_deterministic_kernels
 from detprune.plugin.protocols import Pruner, conform
 from detprune.recipe import checkpoint_meta
-from detprune.training.validate import EvaluateFn, autocast, primary_metric, to_device, to_float32, validate
+from detprune.training import checkpoint as ckpt
+from detprune.training import distributed as D
+from detprune.training.config import (
+    TrainConfig,
+    seed_everything,
+    use_deterministic_kernels,
+)
+from detprune.training.ema import ModelEMA
+from detprune.training.runlog import plot_history, write_metrics_csv
+from detprune.training.schedule import build_optimizer, build_scheduler, warmup_cosine
+from detprune.training.validate import (
+    EvaluateFn,
+    autocast,
+    primary_metric,
+    to_device,
+    to_float32,
+    validate,
+)
 
 __all__ = ["Trainer", "TrainConfig", "TrainResult", "TrainingDivergedError", "seed_everything",
            "use_deterministic_kernels"]

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from detprune.training import distributed as D
 from detprune.errors import DetpruneError
+from detprune.eval.evaluate import evaluate_detections, predict
+from detprune.training import distributed as D
 
 #: the metric each task reports and ranks checkpoints by (higher is better)
 PRIMARY_METRIC = {"classification": "top1", "detection": "map50"}
@@ -69,8 +70,6 @@ def _classification(model, adapter, loader, device, dtype, channels_last, progre
 
 def _detection(model, adapter, loader, device, dtype, channels_last, progress, conf=0.1, nms_iou=0.5,
                max_det=500) -> dict[str, float]:
-    from detprune.eval.evaluate import predict
-
     runner = _Forward(model, device, dtype, channels_last)
     predictions = predict(runner, adapter, loader, conf=conf, nms_iou=nms_iou, max_det=max_det, device=device,
                           progress=progress and D.is_main())
@@ -100,8 +99,6 @@ def score_detections(predictions: list[dict[str, Any]], dataset: Any) -> dict[st
 
     The one place the Trainer meets the evaluator; only scalar results are kept for metrics.csv.
     """
-    from detprune.eval.evaluate import evaluate_detections
-
     if dataset is None or not hasattr(dataset, "coco_gt"):
         raise DetpruneError("detection validation needs a loader over a detprune detection dataset (with coco_gt())")
     result = evaluate_detections(predictions, dataset)

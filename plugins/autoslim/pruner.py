@@ -28,20 +28,25 @@ import logging
 from typing import Any, Callable
 
 import torch
+from detprune_plugins.autoslim.distill import detach, distill_loss
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.score import BN_MODES, METRICS, Scorer, take_batches
+from detprune_plugins.autoslim.search import found_config, greedy_slimming
+from detprune_plugins.autoslim.slimmable import (
+    Slimmable,
+    bn_state,
+    frozen_statistics,
+    load_bn_state,
+)
 from torch import nn
 
 import detprune
 from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
-from detprune.graph.capture import evaluating
 from detprune.eval.measure import count_flops
+from detprune.graph.capture import evaluating
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.autoslim.distill import detach, distill_loss
-from detprune_plugins.autoslim.flops import FlopModel
-from detprune_plugins.autoslim.score import BN_MODES, METRICS, Scorer, take_batches
-from detprune_plugins.autoslim.search import found_config, greedy_slimming
-from detprune_plugins.autoslim.slimmable import Slimmable, bn_state, frozen_statistics, load_bn_state
 from detprune.plugin.protocols import Pruner
 
 log = logging.getLogger("detprune.autoslim")

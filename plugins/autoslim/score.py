@@ -15,12 +15,17 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+from detprune_plugins.autoslim.slimmable import (
+    Slimmable,
+    batch_statistics,
+    calibrate_bn,
+)
 from torch import nn
 
 from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
+from detprune.eval.evaluate import evaluate_detections
 from detprune.graph.capture import evaluating
-from detprune_plugins.autoslim.slimmable import Slimmable, batch_statistics, calibrate_bn
 
 METRICS = ("auto", "loss", "top1", "map50")
 BN_MODES = ("calibrate", "batch")
@@ -113,8 +118,6 @@ class Scorer:
         if self.metric == "top1":
             return (correct / max(n, 1), -loss)
         if self.metric == "map50":
-            from detprune.eval.evaluate import evaluate_detections
-
             m = evaluate_detections(preds, self.dataset, iou_range=False, image_ids=ids)["map50"]
             return (float(m), -loss)
         return (-loss,)

@@ -21,11 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.slimmable import Config, Slimmable
 from tqdm.auto import tqdm
 
 from detprune.errors import DetpruneError
-from detprune_plugins.autoslim.flops import FlopModel
-from detprune_plugins.autoslim.slimmable import Config, Slimmable
 
 log = logging.getLogger("detprune.autoslim")
 

@@ -43,18 +43,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
+from detprune_plugins.mfp import meta as mfp_meta
+from detprune_plugins.mfp.plot import plot_history
 from torch import nn
 from tqdm.auto import tqdm
 
 import detprune
-from detprune.training import distributed as D
 from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.mfp import meta as mfp_meta
-from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
 from detprune.plugin.protocols import Pruner
+from detprune.training import distributed as D
 
 log = logging.getLogger("detprune.mfp")
 
@@ -174,8 +175,6 @@ class MFP(Pruner):
 
     def plot(self, out_dir: str | Path) -> Path:
         """``out_dir/mfp_criteria.png``: the criterion chosen per epoch and each neighbour's meta change."""
-        from detprune_plugins.mfp.plot import plot_history
-
         return plot_history(self.history, self.criteria, self.meta_name, Path(out_dir) / "mfp_criteria.png")
 
     # ---- internals --------------------------------------------------------------------------------

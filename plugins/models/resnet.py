@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import torch
 import torchvision
+from detprune_plugins.models.base import (
+    AdapterArgumentError,
+    ClassifierAdapter,
+    scaled,
+    without_inplace,
+)
 from torch import nn
 from torch.nn import functional as F
 
 import detprune
-from detprune_plugins.models.base import AdapterArgumentError, ClassifierAdapter, scaled, without_inplace
 
 
 class PadShortcut(nn.Module):

@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 
 import torch
+from detprune_plugins.models.base import AdapterArgumentError, ClassifierAdapter, scaled
 from torch import nn
 
 import detprune
-from detprune_plugins.models.base import AdapterArgumentError, ClassifierAdapter, scaled
 
 #: network-slimming ``defaultcfg[16]``: channel counts, "M" = 2x2 max-pool.
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)

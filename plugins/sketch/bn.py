@@ -23,11 +23,10 @@ from itertools import islice
 from typing import Any, Iterable
 
 import torch
-from torch import nn
-from tqdm.auto import tqdm
-
 from detprune_plugins.sketch.layout import positions
 from detprune_plugins.sketch.weights import Rebase, fold_factors
+from torch import nn
+from tqdm.auto import tqdm
 
 BN_MODES = ("fold", "reinit", "keep")
 

@@ -43,14 +43,25 @@ import logging
 from typing import Any
 
 import torch
+from detprune_plugins.sketch.bn import BN_MODES, calibrate, norm_targets, write_norms
+from detprune_plugins.sketch.frequent_directions import (
+    MODES,
+    procrustes_align,
+    rebase_factors,
+    sketch,
+)
+from detprune_plugins.sketch.layout import GroupLayout, KeptIndex, layout, pair_norms
+from detprune_plugins.sketch.weights import (
+    Rebase,
+    fold_factors,
+    input_side,
+    producer_rows,
+    write_module,
+)
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune_plugins.sketch.frequent_directions import MODES, procrustes_align, rebase_factors, sketch
-from detprune_plugins.sketch.bn import BN_MODES, calibrate, norm_targets, write_norms
-from detprune_plugins.sketch.layout import GroupLayout, KeptIndex, layout, pair_norms
-from detprune_plugins.sketch.weights import Rebase, fold_factors, input_side, producer_rows, write_module
 from detprune.plugin.protocols import Compensator
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from detprune_plugins.sketch.layout import GroupLayout, KeptIndex, positions
+from torch import nn
 
 
 @dataclass

@@ -22,13 +22,13 @@ import logging
 from typing import Any
 
 import torch
+from detprune_plugins.slimming.sites import BN_TYPES, norm_after
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.slimming.sites import BN_TYPES, norm_after
 from detprune.plugin.protocols import Compensator
 
 log = logging.getLogger("detprune.slimming")

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from detprune_plugins.slimming.threshold import global_threshold
 
 log = logging.getLogger("detprune.slimming")

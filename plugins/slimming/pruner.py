@@ -24,15 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from detprune_plugins.slimming import monitor
+from detprune_plugins.slimming.sites import (
+    BN_TYPES,
+    BNSite,
+    bn_sites,
+    penalty_targets,
+    site_gammas,
+)
+from detprune_plugins.slimming.threshold import MODES, WIDTHS, make_plan
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.slimming import monitor
-from detprune_plugins.slimming.sites import BN_TYPES, BNSite, bn_sites, penalty_targets, site_gammas
-from detprune_plugins.slimming.threshold import MODES, WIDTHS, make_plan
 from detprune.plugin.protocols import Criterion, Pruner
 
 log = logging.getLogger("detprune.slimming")

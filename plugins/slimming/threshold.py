@@ -29,10 +29,10 @@ import math
 from typing import Any
 
 import torch
+from detprune_plugins.slimming.sites import BNSite, site_gammas
 
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
-from detprune_plugins.slimming.sites import BNSite, site_gammas
 
 MODES = ("shared", "union", "sketch")
 WIDTHS = ("min", "mean")

@@ -13,6 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from detprune_plugins.common.channel_mask import ChannelMask
+from detprune_plugins.thinet.mask import thinet_mask
+from detprune_plugins.thinet.sampling import column_map, sample_consumers
+from detprune_plugins.thinet.select import (
+    consumer_scales,
+    greedy_removal,
+    group_gram,
+    order_scores,
+    scale_inputs,
+)
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -20,10 +30,6 @@ from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.common.channel_mask import ChannelMask
-from detprune_plugins.thinet.mask import thinet_mask
-from detprune_plugins.thinet.sampling import column_map, sample_consumers
-from detprune_plugins.thinet.select import consumer_scales, greedy_removal, group_gram, order_scores, scale_inputs
 
 log = logging.getLogger("detprune.thinet")
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-
 from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
+from torch import nn
 
 
 def _consumer_input_mask(w: torch.Tensor, rec, dropped: np.ndarray) -> torch.Tensor:

@@ -32,15 +32,26 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
+from detprune_plugins.thinet.layerwise import prune_layerwise
+from detprune_plugins.thinet.sampling import (
+    ConsumerSamples,
+    column_map,
+    sample_consumers,
+    unsupported_reason,
+)
+from detprune_plugins.thinet.select import (
+    consumer_scales,
+    greedy_removal,
+    group_gram,
+    order_scores,
+    scale_inputs,
+)
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.thinet.layerwise import prune_layerwise
-from detprune_plugins.thinet.sampling import ConsumerSamples, column_map, sample_consumers, unsupported_reason
-from detprune_plugins.thinet.select import consumer_scales, greedy_removal, group_gram, order_scores, scale_inputs
 from detprune.plugin.protocols import Compensator, Criterion, Pruner
 
 log = logging.getLogger("detprune.thinet")

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
-
 from detprune_plugins.thinet.sampling import ConsumerSamples
+from torch import nn
 
 
 def group_columns(slot, samples: ConsumerSamples) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from detprune.graph.capture import ParamSlot, flat_tensors
 from detprune.graph.ops.layers import arg, varying
+from detprune.graph.records import ParamSlot, flat_tensors
 
 
 def align(ids: np.ndarray, nd: int) -> np.ndarray:
@@ -206,3 +206,11 @@ HANDLERS = {
     **{n: reduction for n in REDUCE},
     **{n: cumulative for n in CUMULATIVE},
 }
+
+
+def compress(arr: np.ndarray) -> np.ndarray:
+    """Shrink every axis along which the ids do not change to size 1."""
+    for a in range(arr.ndim):
+        if arr.shape[a] > 1 and (arr == arr.take([0], axis=a)).all():
+            arr = arr.take([0], axis=a)
+    return np.array(arr, dtype=np.int64)

@@ -11,18 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from detprune.graph.ops.elementwise import align
+from detprune.graph.ops.elementwise import align, compress
 from detprune.graph.ops.layers import arg, varying
 
 
 def _c(a: Any) -> np.ndarray:
     return np.array(a, dtype=np.int64)
-
-
-def compress(arr: np.ndarray) -> np.ndarray:
-    from detprune.graph.ops.shape import compress as _compress
-
-    return _compress(arr)
 
 
 def _norm_index(idx: Any, nd: int) -> tuple | None:

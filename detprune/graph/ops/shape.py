@@ -19,7 +19,13 @@ import torch
 
 from detprune.graph.ops.elementwise import HANDLERS as ELEMENTWISE
 from detprune.graph.ops.elementwise import PASS as _PASS
-from detprune.graph.ops.elementwise import align, out_tensors, pointwise, unify
+from detprune.graph.ops.elementwise import (
+    align,
+    compress,
+    out_tensors,
+    pointwise,
+    unify,
+)
 from detprune.graph.ops.index import HANDLERS as INDEXING
 from detprune.graph.ops.layers import arg, varying
 
@@ -34,14 +40,6 @@ VIEW_LIKE = {
 def _c(a: Any) -> np.ndarray:
     """A contiguous int64 copy that keeps the rank (``np.ascontiguousarray`` turns 0-d into 1-d)."""
     return np.array(a, dtype=np.int64)
-
-
-def compress(arr: np.ndarray) -> np.ndarray:
-    """Shrink every axis along which the ids do not change to size 1."""
-    for a in range(arr.ndim):
-        if arr.shape[a] > 1 and (arr == arr.take([0], axis=a)).all():
-            arr = arr.take([0], axis=a)
-    return _c(arr)
 
 
 def axis_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:

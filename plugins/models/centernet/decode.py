@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch.nn import functional as F
-
 from detprune_plugins.models.base import finish_detections, metas_for
 from detprune_plugins.models.centernet.loss import DOWN_RATIO, gather
+from torch.nn import functional as F
 
 
 def peaks(heat: torch.Tensor, kernel: int = 3) -> torch.Tensor:

@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch.nn import functional as F
-
 from detprune_plugins.models.base import targets_on
+from torch.nn import functional as F
 
 DOWN_RATIO = 4
 WEIGHTS = {"hm": 1.0, "wh": 0.1, "off": 1.0}

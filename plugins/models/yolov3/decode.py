@@ -9,10 +9,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-from torchvision.ops import batched_nms, box_convert
-
 from detprune_plugins.models.base import finish_detections, metas_for
 from detprune_plugins.models.yolov3.model import MASKS
+from torchvision.ops import batched_nms, box_convert
 
 #: candidates kept (by score) before NMS, as ultralytics ``max_nms``: NMS cost grows as n^2.
 MAX_CANDIDATES = 30000

@@ -16,11 +16,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch.nn import functional as F
-from torchvision.ops import box_convert, generalized_box_iou_loss
-
 from detprune_plugins.models.base import AdapterArgumentError, targets_on
 from detprune_plugins.models.yolov3.model import MASKS
+from torch.nn import functional as F
+from torchvision.ops import box_convert, generalized_box_iou_loss
 
 
 def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
