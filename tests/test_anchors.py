@@ -8,10 +8,16 @@ import numpy as np
 import pytest
 import yaml
 
-from detprune.data.anchors import (
-    estimate_frame, format_anchors, kmeans_anchors, mean_best_iou, visdrone_box_shapes, wh_iou, write_card_anchors,
-)
 from detprune.cli import main
+from detprune.data.anchors import (
+    estimate_frame,
+    format_anchors,
+    kmeans_anchors,
+    mean_best_iou,
+    visdrone_box_shapes,
+    wh_iou,
+    write_card_anchors,
+)
 from detprune.errors import DataFormatError
 
 
@@ -144,8 +150,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 
 def test_the_visdrone_card_holds_anchors_from_the_real_val_annotations(shared_data):
     """The stored anchors are what `detprune anchors` computes from the full val split (548 files)."""
-    from detprune.cli.anchors import run  # noqa: F401  (the command that wrote them)
     from conftest import REPO
+
+    from detprune.cli.anchors import run  # noqa: F401  (the command that wrote them)
 
     card = yaml.safe_load((REPO / "datasets" / "visdrone.yaml").read_text())
     shapes = visdrone_box_shapes(shared_data / "visdrone-annotations" / "VisDrone2019-DET-val" / "annotations")

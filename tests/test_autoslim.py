@@ -7,19 +7,19 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-
-import detprune
-from detprune.training.distributed import make_loader
-from detprune.graph import trace
-from detprune.eval.measure import count_flops, count_params
-from detprune.training.trainer import Trainer
-from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.distill import centernet_distill, kl_logits, yolo_distill
 from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
 from test_train_support import TinyAdapter, colour_dataset
+from torch import nn
 from zoo import TOYS, build
+
+import detprune
+from detprune.eval.measure import count_flops, count_params
+from detprune.graph import trace
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
 

@@ -6,12 +6,11 @@ import json
 
 import pytest
 import torch
+from conftest import make_colour_folder
 
 import detprune
 from detprune.eval.measure import count_flops
 from detprune.pipeline.trip import PipelineConfig, run
-from conftest import make_colour_folder
-
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,23 @@ import json
 
 import pytest
 import torch
-
-import detprune
-
-from detprune.training.distributed import make_loader
-from detprune.errors import DetpruneError
-from detprune.graph import trace
-from detprune.eval.measure import count_flops
-from detprune.plugin.context import PruneContext
-from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.score import Scorer, take_batches
-from detprune_plugins.autoslim.search import SearchStateError, found_config, greedy_slimming
+from detprune_plugins.autoslim.search import (
+    SearchStateError,
+    found_config,
+    greedy_slimming,
+)
 from detprune_plugins.autoslim.slimmable import Slimmable, bn_state
 from test_train_support import TinyAdapter, colour_dataset
 
+import detprune
+from detprune.errors import DetpruneError
+from detprune.eval.measure import count_flops
+from detprune.graph import trace
+from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
 
 
 def setup(width=8, seed=0):

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 import detprune
-from detprune.cli import bench, main
+from detprune.bench import seed_tables as st
+from detprune.cli import main
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+ROW_MODULE = "detprune.bench.fidelity.{}"
 
 
 def _fake(name: str, rows=None, error: Exception | None = None):
@@ -43,13 +45,12 @@ ROWS = [
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Fake ``fidelity_thinet`` and ``fidelity_mfp`` modules; the CLI's ``fidelity`` module is undone after."""
-    mods = {"thinet": _fake("fidelity_thinet", ROWS),
-            "mfp": _fake("fidelity_mfp", [{"method": "mfp", "baseline": "sfp-l1", "metric": "top1", "method_value": 0.3,
-                                           "baseline_value": 0.3, "notes": "mfp note"}])}
+    """Fake ``thinet`` and ``mfp`` row modules in place of the real ones (restored at teardown)."""
+    mods = {"thinet": _fake("thinet", ROWS),
+            "mfp": _fake("mfp", [{"method": "mfp", "baseline": "sfp-l1", "metric": "top1", "method_value": 0.3,
+                                  "baseline_value": 0.3, "notes": "mfp note"}])}
     for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, f"fidelity_{name}", mod)
-    monkeypatch.setitem(sys.modules, "fidelity", None)  # restored (removed) at teardown
+        monkeypatch.setitem(sys.modules, ROW_MODULE.format(name), mod)
     return mods
 
 
@@ -81,7 +82,7 @@ def test_without_quick_the_full_configs_run(fakes, capsys):
 
 def test_set_and_threads_override_the_config_during_the_run_only(fakes, capsys):
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "thinet,mfp", "--no-progress",
-                          "--set", "thinet.epochs=3", "--set", "mfp.epochs=(1, 2)", "--threads", "2")
+                          "--set", "thinet.epochs=3", "--set", "mfp.epochs=[1, 2]", "--threads", "2")
     assert code == 0, err
     assert fakes["thinet"].seen == [(True, {"epochs": 3, "threads": 2})]
     assert fakes["mfp"].seen == [(True, {"epochs": (1, 2), "threads": 2})]
@@ -104,7 +105,7 @@ def test_table_lists_every_row_with_delta_and_winner_then_notes_once(fakes, caps
 
 
 def test_a_failing_method_is_reported_and_the_others_still_run(fakes, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fidelity_mfp", _fake("fidelity_mfp", error=RuntimeError("out of memory")))
+    monkeypatch.setitem(sys.modules, ROW_MODULE.format("mfp"), _fake("mfp", error=RuntimeError("out of memory")))
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "mfp,thinet", "--no-progress")
     assert code == 1
     result = json.loads(out)
@@ -113,7 +114,7 @@ def test_a_failing_method_is_reported_and_the_others_still_run(fakes, capsys, mo
 
 
 def test_a_row_without_the_contract_keys_is_an_error_of_that_method(fakes, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fidelity_mfp", _fake("fidelity_mfp", [{"method": "mfp", "metric": "top1"}]))
+    monkeypatch.setitem(sys.modules, ROW_MODULE.format("mfp"), _fake("mfp", [{"method": "mfp", "metric": "top1"}]))
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "mfp", "--no-progress")
     assert code == 1
     assert json.loads(out)["errors"] == {
@@ -123,8 +124,8 @@ def test_a_row_without_the_contract_keys_is_an_error_of_that_method(fakes, capsy
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "thinet,foo"], "--methods: unknown method 'foo'; choose from thinet, mfp, autoslim, sketch"),
     (["--methods", ","], "--methods: unknown method (none given); choose from thinet, mfp, autoslim, sketch"),
-    (["--set", "thinet.epochs"], "--set 'thinet.epochs': expected METHOD.KEY=VALUE, e.g. sketch.epochs=2"),
-    (["--set", "epochs=3"], "--set 'epochs=3': expected METHOD.KEY=VALUE, e.g. sketch.epochs=2"),
+    (["--set", "thinet.epochs"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'thinet.epochs'"),
+    (["--set", "epochs=3"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'epochs=3'"),
     (["--set", "yolo.epochs=3"], "--set 'yolo.epochs=3': unknown method 'yolo'; choose from thinet, mfp, autoslim, sketch"),
     (["--methods", "thinet", "--set", "thinet.epoch=3"],
      "--set thinet.epoch: thinet has no setting 'epoch'; its settings: epochs, threads"),
@@ -137,31 +138,31 @@ def test_user_errors_are_one_line_before_any_run(fakes, capsys, argv, message):
     assert fakes["thinet"].seen == [] and fakes["mfp"].seen == []
 
 
-def test_missing_benchmarks_folder_is_a_one_line_error(monkeypatch, tmp_path, capsys):
-    fake_pkg = tmp_path / "site-packages" / "detprune"
-    monkeypatch.setattr(detprune, "__file__", str(fake_pkg / "__init__.py"))
-    for argv in (["bench", "fidelity", "--quick"], ["bench", "engine", "--quick"]):
-        code, out, err = _run(capsys, *argv)
-        assert code == 2
-        assert err == (f"detprune: error: no benchmarks folder at {tmp_path / 'site-packages' / 'benchmarks'}: the "
-                       "benchmarks ship with the source checkout, not with the installed package; clone the "
-                       "repository and `pip install -e .` it\n")
+@pytest.mark.parametrize("command, module", [("engine", "engine"), ("latency", "latency"),
+                                             ("train-throughput", "train_throughput"), ("seed-tables", "seed_tables"),
+                                             ("evaluate-speed", "evaluate_speed")])
+def test_pass_through_commands_run_their_benchmark_with_the_remaining_arguments(monkeypatch, command, module):
+    import importlib
 
-
-@pytest.mark.parametrize("command, script", [("engine", "engine.py"), ("latency", "latency.py"),
-                                             ("train-throughput", "train_throughput.py"),
-                                             ("seed-tables", "seed_tables.py")])
-def test_pass_through_commands_run_their_script_with_the_remaining_arguments(monkeypatch, command, script):
     calls = []
-    monkeypatch.setattr(bench.subprocess, "call", lambda argv: calls.append(argv) or 3)
+    monkeypatch.setattr(importlib.import_module(f"detprune.bench.{module}"), "main", lambda argv: calls.append(argv) or 3)
     assert main(["bench", command, "--quick", "--threads", "1", "--help"]) == 3
-    assert calls == [[sys.executable, str(BENCH / script), "--quick", "--threads", "1", "--help"]]
+    assert calls == [["--quick", "--threads", "1", "--help"]]
 
 
-def test_pass_through_help_is_the_scripts_own(capfd):
+def test_pass_through_help_is_the_benchmarks_own(capsys):
     assert main(["bench", "latency", "--help"]) == 0
-    out = capfd.readouterr().out
-    assert out.startswith("usage: latency.py")
+    assert capsys.readouterr().out.startswith("usage: detprune bench latency")
+
+
+def test_the_benchmarks_ship_in_the_package():
+    """`detprune bench` needs no checkout: every benchmark is a module of the installed package."""
+    import detprune.bench.fidelity.runner as runner
+    from detprune.cli.bench import BENCHMARKS
+
+    root = Path(detprune.__file__).resolve().parent / "bench"
+    assert all((root / f"{module}.py").is_file() for module, _ in BENCHMARKS.values())
+    assert all((root / "fidelity" / f"{name}.py").is_file() for name in runner.METHODS)
 
 
 def test_bench_help_lists_every_benchmark(capsys):
@@ -184,8 +185,10 @@ TINY_SKETCH = ["sketch.width=0.0625", "sketch.n_train=200", "sketch.n_test=100",
                "sketch.calib_batches=2", "sketch.finetune_epochs=1"]
 
 
-def test_sketch_row_runs_end_to_end_on_a_tiny_config(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fidelity", None)
+def test_sketch_row_runs_end_to_end_on_a_tiny_config(capsys):
+    from detprune.bench.fidelity import sketch
+
+    before = dict(sketch.QUICK)
     argv = ["bench", "fidelity", "--quick", "--json", "--methods", "sketch", "--no-progress"]
     for item in TINY_SKETCH:
         argv += ["--set", item]
@@ -202,12 +205,11 @@ def test_sketch_row_runs_end_to_end_on_a_tiny_config(capsys, monkeypatch):
         assert 0.0 <= r["method_value"] <= 1.0 and 0.0 <= r["baseline_value"] <= 1.0
         assert "(200 train / 100 test)" in r["notes"] and "same channels: True" in r["notes"]
     assert rows[0]["baseline_value"] == rows[3]["baseline_value"]  # one NS model, one evaluation
-    assert sys.modules["fidelity_sketch"].QUICK["epochs"] == 15  # the override did not stick
+    assert sketch.QUICK == before  # the overrides did not stick
 
 
 @pytest.mark.slow
-def test_full_quick_run_covers_all_four_methods(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "fidelity", None)
+def test_full_quick_run_covers_all_four_methods(capsys):
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--no-progress")
     assert code == 0, err
     result = json.loads(out)
@@ -215,22 +217,11 @@ def test_full_quick_run_covers_all_four_methods(capsys, monkeypatch):
     assert {r["method"].split("+")[0].split("-")[0] for r in result["rows"]} >= {"thinet", "mfp", "autoslim", "ns"}
 
 
-def _seed_tables():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("seed_tables_under_test", BENCH / "seed_tables.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_seed_tables_set_overrides_one_study_and_reads_yaml_values():
+def test_seed_tables_set_overrides_one_study_and_reads_json_values():
     import argparse
 
-    st = _seed_tables()
     found = st.studies(quick=True, yolo_data="synthetic")
-    out = st.overridden(found, ["yolov3.img_size=640", "yolov3.alphas=[0.3]", "yolov3.model_args={depth: 0.5}"],
+    out = st.overridden(found, ["yolov3.img_size=640", "yolov3.alphas=[0.3]", 'yolov3.model_args={"depth": 0.5}'],
                         argparse.ArgumentParser())
     yolo = next(s for s in out if s.name == "yolov3")
     assert (yolo.img_size, yolo.alphas, yolo.model_args) == (640, (0.3,), {"depth": 0.5})
@@ -240,12 +231,11 @@ def test_seed_tables_set_overrides_one_study_and_reads_yaml_values():
 @pytest.mark.parametrize("item, message", [
     ("yolov3.bogus=1", "--set 'yolov3.bogus=1': unknown setting 'bogus'"),
     ("nope.img_size=1", "--set 'nope.img_size=1': unknown study 'nope' (known: vgg16, yolov3, centernet)"),
-    ("img_size=1", "--set 'img_size=1': expected STUDY.KEY=VALUE"),
+    ("img_size=1", "--set expects TARGET.KEY=VALUE, e.g. yolov3.img_size=640, got 'img_size=1'"),
 ])
 def test_seed_tables_set_rejects_bad_overrides_by_name(capsys, item, message):
     import argparse
 
-    st = _seed_tables()
     with pytest.raises(SystemExit):
         st.overridden(st.studies(quick=True, yolo_data="synthetic"), [item], argparse.ArgumentParser())
     assert message in capsys.readouterr().err

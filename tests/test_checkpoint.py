@@ -6,12 +6,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_train_support import TinyAdapter, colour_dataset
 from torch import nn
 
 from detprune.training import checkpoint as ck
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
-from test_train_support import TinyAdapter, colour_dataset
 
 
 def payload(value: float) -> dict:

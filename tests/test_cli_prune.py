@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from detprune.cli import main
-from detprune.cli.prune import parse_options
+from detprune.plugin.options import parse_options
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_help_explains_the_flags(capsys):
     (["--pruner", "slimmin"], "detprune: error: unknown pruner 'slimmin'."),
     (["--ratio", "1.5"], "detprune prune: error: argument --ratio: 1.5 is not in [0, 1] (see detprune prune --help)"),
     (["--ratio", "1"], "detprune: error: --ratio must be in [0, 1), the fraction of channels removed; got 1.0"),
-    (["--pruner-opt", "criterion"], "detprune: error: --pruner-opt expects KEY=VALUE, got 'criterion'"),
+    (["--pruner-opt", "criterion"], "detprune: error: --pruner-opt expects KEY=VALUE, e.g. images=64, got 'criterion'"),
     (["--criterion", "nope"], "detprune: error: unknown criterion 'nope'."),
     (["--compensator", "nope"], "detprune: error: unknown compensator 'nope'."),
     (["--shortcut", "union"], "detprune: error: pruner 'oneshot' takes no option 'shortcut' (--shortcut union)"),
@@ -90,3 +90,14 @@ def test_a_data_driven_pruner_gets_the_training_split_without_training(folder, t
     report = json.loads((out / "report.json").read_text())
     assert report["plan"]["meta"]["pruner"] == "thinet" and report["data"]["train_images"] == 8
     assert report["training"] == {}
+
+
+def test_one_key_value_grammar_for_every_option_flag():
+    from detprune.errors import DetpruneError
+    from detprune.plugin.options import parse_assignment
+
+    assert parse_assignment("sketch.calib-batches=4", "--set", dotted=True) == ("sketch.calib_batches", 4)
+    assert parse_assignment('args={"width": 0.25}', "--pruner-opt") == ("args", {"width": 0.25})
+    assert parse_assignment("mode=layerwise", "--pruner-opt") == ("mode", "layerwise")
+    with pytest.raises(DetpruneError, match=r"^--model-arg expects KEY=VALUE, e.g. images=64, got '2x=1'$"):
+        parse_assignment("2x=1", "--model-arg")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zoo import build
 
 import detprune
 from detprune.graph import trace
-from zoo import build
 
 
 @pytest.mark.parametrize("name,p", [("l1", 1), ("l2", 2)])

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO
+
 from detprune.data import build_dataset, load_card, make_loader
 from detprune.data.synthetic import DEFAULT_SPEC, GENERATOR_VERSION
 from detprune.errors import DataFormatError

@@ -6,8 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from detprune.data import build_dataset, load_card
-from detprune.data import synthetic
+from detprune.data import build_dataset, load_card, synthetic
 from detprune.data.synthetic import card_for, ensure_generated, generate, render
 from detprune.data.visdrone import VisDroneDataset
 from detprune.errors import DataFormatError

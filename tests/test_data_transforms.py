@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from detprune.data.collate import collate_detection
-from detprune.data.transforms import ClassificationTransform, DetectionTransform, unletterbox
+from detprune.data.transforms import (
+    ClassificationTransform,
+    DetectionTransform,
+    unletterbox,
+)
 
 
 def _scene(h, w, boxes):

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from detprune.cli import demo
+from detprune.eval.measure import side_by_side_latency
+from detprune.pipeline import demo
 
 
 def test_cache_key_follows_the_dense_training_only():
@@ -23,7 +24,7 @@ def test_cache_key_follows_the_dense_training_only():
 
 def test_side_by_side_latency_measures_every_model_in_rounds():
     models = {"big": nn.Sequential(nn.Conv2d(3, 64, 3), nn.Conv2d(64, 64, 3)), "small": nn.Conv2d(3, 4, 3)}
-    lat = demo.side_by_side_latency(models, (torch.rand(1, 3, 32, 32),), rounds=2, iters=3)
+    lat = side_by_side_latency(models, (torch.rand(1, 3, 32, 32),), rounds=2, iters=3)
     assert set(lat) == {"big", "small"} and all(v > 0 for v in lat.values())
 
 

@@ -11,7 +11,11 @@ import detprune
 from detprune.data import build_dataset, load_card, make_loader
 from detprune.data.detection import ALL_CLASSES, DetectionDataset, ImageRecord
 from detprune.errors import DataFormatError
-from detprune.eval.evaluate import evaluate_classifier, evaluate_detections, evaluate_model
+from detprune.eval.evaluate import (
+    evaluate_classifier,
+    evaluate_detections,
+    evaluate_model,
+)
 
 
 def _dataset(records, classes=("a", "b")):

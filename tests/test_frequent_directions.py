@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detprune_plugins.sketch.frequent_directions import (
+    frequent_directions,
+    gram_gap,
+    mixing_matrix,
+    procrustes_align,
+    rebase_factors,
+    sketch,
+    svd_sketch,
+    thin_svd,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from detprune_plugins.sketch.frequent_directions import (
-    frequent_directions, gram_gap, mixing_matrix, procrustes_align, rebase_factors, sketch, svd_sketch, thin_svd)
-
 
 
 def _decaying(n: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from zoo import YoloToy, build, out_channels, run
 
 import detprune
 from detprune.errors import GraphError, UnknownPluginError
-from zoo import YoloToy, build, out_channels, run
 
 
 def test_prune_returns_a_smaller_copy_with_the_outputs_shapes():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from zoo import build, run
 
 from detprune.errors import GraphError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
-from zoo import build, run
 
 
 def _by_producers(graph):

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from zoo import run, zero_removed
 
 from detprune.graph import trace
 from detprune.graph.planner import validate
-from zoo import run, zero_removed
 
 OPS = {
     # name: (function of a [N, 8, H, W] feature map -> something the head can read, head in-channels)

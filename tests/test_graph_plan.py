@@ -10,11 +10,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from zoo import build, run, zero_removed
 
 from detprune.errors import GraphError
 from detprune.graph import trace
 from detprune.graph.planner import validate
-from zoo import build, run, zero_removed
 
 
 def _ranked(graph):

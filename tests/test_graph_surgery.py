@@ -11,12 +11,20 @@ import copy
 import pytest
 import torch
 from torch import nn
+from zoo import (
+    NOT_EXACT_AFTER_ZEROING,
+    TOYS,
+    build,
+    out_channels,
+    removed_per_producer,
+    run,
+    zero_removed,
+)
 
 import detprune
 from detprune.errors import GraphError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
-from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, out_channels, removed_per_producer, run, zero_removed
 
 
 def _l1_plan(model, graph, ratio=0.4, **kw):

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from zoo import out_channels, randomize_norms, removed_per_producer, run, zero_removed
 
 import detprune
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
-from zoo import out_channels, randomize_norms, removed_per_producer, run, zero_removed
 
 FAST = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "densenet121",
         "googlenet", "inception_v3", "regnet_y_400mf", "resnext50_32x4d", "squeezenet1_1", "efficientnet_b0"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from detprune.plugin import host as host_mod
-from detprune.errors import BrokenPluginError, PluginConflictError, UnknownPluginError
-from detprune.plugin.host import PluginHost
 from plugin_fixtures import entry_points, make_dist
+
+from detprune.errors import BrokenPluginError, PluginConflictError, UnknownPluginError
+from detprune.plugin import host as host_mod
+from detprune.plugin.host import PluginHost
 
 CRIT_A = '''
 import detprune

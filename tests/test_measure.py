@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from zoo import SimpleCNN
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.eval.measure import Latency, count_flops, count_params, measure_latency
-from zoo import SimpleCNN
 
 
 def _net():

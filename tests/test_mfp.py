@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detprune_plugins.mfp.meta import loss as meta_loss
+from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
+from test_train_support import TinyAdapter, colour_dataset
 
 import detprune
-from detprune.training.checkpoint import load_checkpoint
-from detprune.training.distributed import make_loader
 from detprune.errors import DetpruneError, UnknownPluginError
 from detprune.graph import trace
-from detprune.training.trainer import Trainer
 from detprune.plugin.context import PruneContext
-from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
-from detprune_plugins.mfp.meta import loss as meta_loss
-from test_train_support import TinyAdapter, colour_dataset
+from detprune.training.checkpoint import load_checkpoint
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from detprune_plugins.criteria.distance import distance_sums, group_filter_matrix
 from scipy.spatial.distance import cdist
+from zoo import build
 
 import detprune
 from detprune.graph import trace
-from detprune_plugins.criteria.distance import distance_sums, group_filter_matrix
-from zoo import build
 
 SCIPY = {"minkowski-p1": "cityblock", "minkowski-p2": "euclidean", "cosine": "cosine"}
 

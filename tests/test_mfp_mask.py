@@ -7,12 +7,11 @@ import copy
 
 import pytest
 import torch
-
-import detprune
-from detprune.graph import trace
 from detprune_plugins.common.channel_mask import channel_mask
 from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, run
 
+import detprune
+from detprune.graph import trace
 
 
 def _plan(model, graph, criterion="l1", ratio=0.5):

@@ -6,12 +6,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from detprune_plugins.models.centernet.decode import decode
+from detprune_plugins.models.centernet.loss import (
+    build_targets,
+    centernet_loss,
+    focal_loss,
+    gaussian_radius,
+)
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune_plugins.models.centernet.decode import decode
-from detprune_plugins.models.centernet.loss import build_targets, centernet_loss, focal_loss, gaussian_radius
 
 
 def small(**kw):

@@ -6,13 +6,13 @@ from collections import Counter
 
 import pytest
 import torch
+from detprune_plugins.models.yolov3.decode import decode
+from detprune_plugins.models.yolov3.loss import YOLOv3Loss
+from detprune_plugins.models.yolov3.model import DARKNET_ANCHORS, darknet_layers
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune_plugins.models.yolov3.model import DARKNET_ANCHORS, darknet_layers
-from detprune_plugins.models.yolov3.decode import decode
-from detprune_plugins.models.yolov3.loss import YOLOv3Loss
 
 
 def small(**kw):

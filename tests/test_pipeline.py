@@ -8,12 +8,12 @@ import types
 
 import pytest
 import torch
+from conftest import make_colour_folder
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.eval.measure import count_params
 from detprune.pipeline.trip import PipelineConfig, run
-from conftest import make_colour_folder
 
 REPORT_KEYS = {"format", "model", "adapter_args", "task", "data", "pruner", "pruner_options", "criterion", "ratio",
                "compensators", "compensator_options", "device", "metric", "dense", "pruned", "before_finetune", "kept",
@@ -218,8 +218,9 @@ def test_criterion_for_a_pruner_that_takes_none_is_an_error(folder, tmp_path):
 
 def test_no_progress_reaches_the_plugins(tmp_path, capsys):
     """``progress=False`` on the context silences the compensators' own bars (sketch calibration)."""
-    from detprune.plugin.context import PruneContext
     from detprune_plugins.sketch.bn import adabn
+
+    from detprune.plugin.context import PruneContext
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     loader = [(torch.rand(2, 3, 8, 8), None) for _ in range(3)]

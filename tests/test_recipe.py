@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import torch
+from zoo import SimpleCNN, TinyResNet, YoloToy, run
 
 import detprune
 from detprune.errors import RecipeError
 from detprune.recipe import FORMAT, digest, read_recipe
-from zoo import SimpleCNN, TinyResNet, YoloToy, run
 
 BUILDER = {"callable": "zoo:YoloToy", "args": {"nc": 3, "w": 16}}
 TRUST = ["zoo:YoloToy"]

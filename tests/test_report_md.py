@@ -7,7 +7,12 @@ import copy
 
 import pytest
 
-from detprune.pipeline.report import LATENCY_SPREAD_LIMIT, NOISY, latency_spread, markdown
+from detprune.pipeline.report import (
+    LATENCY_SPREAD_LIMIT,
+    NOISY,
+    latency_spread,
+    markdown,
+)
 
 
 def _stats(params, flops, median, spread=0.05, map50=0.46):

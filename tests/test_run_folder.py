@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_colour_folder
+
 from detprune.cli import main
 from detprune.pipeline.run_folder import MANIFEST
 

@@ -5,6 +5,8 @@ import json
 
 import pytest
 import torch
+from detprune_plugins.sketch.compensator import Sketch, SketchOptionError
+from detprune_plugins.sketch.frequent_directions import sketch as fd_sketch
 from torch import nn
 
 import detprune
@@ -12,9 +14,6 @@ from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.sketch.frequent_directions import sketch as fd_sketch
-from detprune_plugins.sketch.compensator import Sketch, SketchOptionError
-
 
 
 class Toy(nn.Module):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detprune_plugins.sketch.compensator import Sketch
 from torch import nn
 
 import detprune
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.sketch.compensator import Sketch
-
 
 
 def _build(name: str, **args):

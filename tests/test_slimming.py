@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detprune_plugins.slimming.threshold import global_threshold
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.plugin.context import PruneContext
-from detprune_plugins.slimming.threshold import global_threshold
 
 
 def cbr(cin, cout):

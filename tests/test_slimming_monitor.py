@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detprune_plugins.slimming import monitor
+from test_train_support import TinyAdapter, colour_dataset
 from torch import nn
 
 import detprune
+from detprune.graph import trace
+from detprune.plugin.context import PruneContext
 from detprune.training.checkpoint import load_checkpoint
 from detprune.training.distributed import make_loader
-from detprune.graph import trace
 from detprune.training.trainer import Trainer
-from detprune.plugin.context import PruneContext
-from detprune_plugins.slimming import monitor
-from test_train_support import TinyAdapter, colour_dataset
 
 FAST = dict(lr=0.05, warmup_epochs=0.0, progress=False, device="cpu")
 PNG = b"\x89PNG\r\n\x1a\n"

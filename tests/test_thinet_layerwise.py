@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from detprune_plugins.thinet.layerwise import input_side_first
+from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, flat_outputs
 
 import detprune
 from detprune.graph import trace
 from detprune.plugin.context import PruneContext
-from detprune_plugins.thinet.layerwise import input_side_first
-from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, flat_outputs
-
 
 TOY_NAMES = sorted(set(TOYS) - NOT_EXACT_AFTER_ZEROING)  # GroupNorm: zeroing changes group statistics
 

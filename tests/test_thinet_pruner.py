@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from detprune_plugins.thinet.plugin import CACHE, ThiNetOptionError
 from torch import nn
 
 import detprune
@@ -16,8 +17,6 @@ from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
-from detprune_plugins.thinet.plugin import CACHE, ThiNetOptionError
-
 
 
 def _adapter(name: str, width: float = 0.125):

@@ -8,11 +8,10 @@ import random
 import numpy as np
 import pytest
 import torch
+from detprune_plugins.thinet.sampling import SamplingError, column_map, sample_consumers
 from torch import nn
 
 from detprune.graph import trace
-from detprune_plugins.thinet.sampling import SamplingError, column_map, sample_consumers
-
 
 LAYERS = {
     "conv-grouped-stride": (lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2), (3, 8, 11, 9)),

@@ -6,12 +6,16 @@ import itertools
 
 import pytest
 import torch
+from detprune_plugins.thinet.sampling import sample_consumers
+from detprune_plugins.thinet.select import (
+    greedy_removal,
+    lsq_scales,
+    order_scores,
+    scale_inputs,
+)
 from torch import nn
 
 from detprune.graph import trace
-from detprune_plugins.thinet.sampling import sample_consumers
-from detprune_plugins.thinet.select import greedy_removal, lsq_scales, order_scores, scale_inputs
-
 
 
 def _layer_samples(C: int = 8, seed: int = 0) -> torch.Tensor:

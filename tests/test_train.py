@@ -7,13 +7,13 @@ import csv
 
 import pytest
 import torch
+from test_train_support import TinyAdapter, colour_dataset
 from torch import nn
 
+from detprune.errors import DetpruneError
 from detprune.training.checkpoint import CheckpointError, load_checkpoint
 from detprune.training.distributed import make_loader
-from detprune.errors import DetpruneError
 from detprune.training.trainer import Trainer, TrainingDivergedError
-from test_train_support import TinyAdapter, colour_dataset
 
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
 

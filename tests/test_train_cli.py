@@ -6,10 +6,10 @@ import csv
 
 import pytest
 import torch
-
-from detprune.training.checkpoint import load_checkpoint
-from detprune.cli import main
 from conftest import REPO, make_colour_folder
+
+from detprune.cli import main
+from detprune.training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")

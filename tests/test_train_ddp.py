@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_support import TinyAdapter, colour_dataset
 
 from detprune.training.checkpoint import load_checkpoint
 from detprune.training.validate import validate
-from test_train_support import TinyAdapter, colour_dataset
 
 SCRIPT = Path(__file__).with_name("test_train_support.py")
 

@@ -22,7 +22,11 @@ def synthetic(tmp_path_factory, images: int, seed: int):
 
 
 def small_yolov3(root):
-    from detprune.data.anchors import format_anchors, kmeans_anchors, visdrone_box_shapes
+    from detprune.data.anchors import (
+        format_anchors,
+        kmeans_anchors,
+        visdrone_box_shapes,
+    )
 
     wh = visdrone_box_shapes(root / "annotations", root / "images").scaled(IMG_SIZE)
     anchors = format_anchors(kmeans_anchors(wh, n=9)[0])  # this data's box shapes, as `detprune anchors` finds

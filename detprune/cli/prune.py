@@ -15,7 +15,7 @@ from detprune.cli._values import (
     positive_int,
     unit_float,
 )
-from detprune.errors import DetpruneError
+from detprune.plugin.options import parse_options
 
 EPILOG = """\
 examples:
@@ -33,7 +33,7 @@ The run folder gets pruned.pt (recipe + weights: `detprune eval --model M --weig
 batch 1), mAP@0.5 or top-1, per-layer widths, the plan, what each compensator did), widths.png (and the
 pruner's own plots, e.g. γ histograms), and train/<phase>/ run folders (metrics.csv, last.pt).
 Options a plugin takes beyond these flags: --pruner-opt KEY=VALUE, --compensator-opt KEY=VALUE
-(values parsed as JSON when they can be). `detprune plugins` lists pruners, criteria and compensators.
+(docs: detprune.plugin.options; VALUE is JSON when it parses, else text). `detprune plugins` lists pruners, criteria and compensators.
 """
 
 
@@ -95,20 +95,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--json", action="store_true", help="print report.json on stdout")
     p.set_defaults(func=run)
-
-
-def parse_options(items: list[str], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to a dict; values are JSON when they parse (1e-4, true, [1,2]), else text."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise DetpruneError(f"{flag} expects KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip().replace("-", "_")] = value
-    return out
 
 
 def config_from_args(args: argparse.Namespace):

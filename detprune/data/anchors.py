@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
+from detprune.data import build_dataset
 from detprune.data.images import find_images, image_size
 from detprune.data.visdrone_parse import read_annotation_file
 from detprune.errors import DataFormatError
@@ -191,3 +192,16 @@ def write_card_anchors(card: Path, anchors: list[list[int]], comment: str, img_s
     if not replaced:
         out += new
     Path(card).write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def dataset_anchors(card: Any, img_size: int, split: str = "train") -> list[list[float]]:
+    """YOLO9000 k-means anchors (1 - IoU) of a split's boxes as the letterbox scales them to ``img_size``
+    (the Darknet defaults are sized for 416-608 px COCO objects; drone objects are often 3-30 px)."""
+    import numpy as np
+
+    ds = build_dataset(card, split=split, img_size=img_size)
+    wh = np.concatenate([(np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, 2:]
+                          - np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, :2]) * (img_size / max(r.size))
+                         for r in ds.records])  # box shapes as the letterbox scales them
+    anchors, _ = kmeans_anchors(wh, 9)
+    return [[round(float(w), 2), round(float(h), 2)] for w, h in anchors]

@@ -136,3 +136,17 @@ def measure_latency(model: nn.Module, inputs: Any, *, warmup: int = 10, iters: i
     times.sort()
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
     return Latency(statistics.median(times), q[0], q[-1], iters, mode, str(dev), batch)
+
+
+def side_by_side_latency(models: dict[str, Any], inputs: tuple, rounds: int, iters: int) -> dict[str, float]:
+    """Median latency per model over ``rounds * iters`` forward passes, the models taking turns pass by
+    pass so that a shared machine's bursts of load fall on every model alike."""
+    import statistics
+
+    per: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        measure_latency(model, inputs, warmup=2, iters=2)
+    for _ in range(max(1, rounds) * max(1, iters)):  # one pass of each model in turn, so bursts hit all
+        for name, model in models.items():
+            per[name].append(measure_latency(model, inputs, warmup=0, iters=1).median_ms)
+    return {name: statistics.median(times) for name, times in per.items()}

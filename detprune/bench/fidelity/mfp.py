@@ -16,7 +16,7 @@ shrinks everything to finish in ~3 minutes on a 2-core CPU (one torch thread: on
 machine a second thread costs ~10x in spin-waits); the full run (ResNet-56, the SFP/FPGM CIFAR
 setting) belongs on a GPU.
 
-    python benchmarks/fidelity_mfp.py [--full] [--json]
+    python -m detprune.bench.fidelity.mfp [--full] [--json]
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
-from fidelity_data import bench_threads, train_test
 
 import detprune
-from detprune.training.distributed import make_loader
+from detprune.bench.fidelity.data import bench_threads, train_test
 from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.training.trainer import Trainer
 from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 
 QUICK = dict(model="vgg16-cifar", args=dict(width=0.125), n_train=2500, n_test=1000, dense_epochs=8,
              soft_epochs=3, ratio=0.4, batch=64, lr=0.05, soft_lr=0.01, threads=1, mask_bn=True)

@@ -1,28 +1,28 @@
 """Data of the fidelity benchmarks, in one place so that every method is judged on the same images.
 
-The real CIFAR-10 images of ``../shared/data/cifar10-sample`` when that folder is beside the
-checkout (balanced subsets: the first files of each class), else 10 classes of synthetic colour
+The real CIFAR-10 images of ``cifar10-sample`` in the shared data folder (:mod:`detprune.bench.paths`) when it is
+there (balanced subsets: the first files of each class), else 10 classes of synthetic colour
 gratings (learnable, not trivial). Everything is held in memory as tensors: the quick runs train
 for several epochs on a few thousand 32x32 images, so decoding JPEGs once pays for itself.
 
-    from fidelity_data import CIFAR, cifar, synthetic, train_test, Flip
+    from detprune.bench.fidelity.data import CIFAR, cifar, synthetic, train_test, Flip
 """
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-sample"
+from detprune.bench.paths import shared_data
+from detprune.data import build_dataset, load_card
+
+CIFAR = shared_data("cifar10-sample")
 
 
 def cifar(split: str, n: int | None, skip: int = 0) -> TensorDataset:
     """A balanced subset of the CIFAR-10 sample: per class, files ``skip .. skip + n/10`` (all when ``n`` is None)."""
-    from detprune.data import build_dataset, load_card
-
     ds = build_dataset(load_card(CIFAR), split=split)
     per_class: dict[int, list[int]] = {}
     for i, (_, label) in enumerate(ds.samples):

@@ -14,7 +14,7 @@ Data: VGG-16 (CIFAR variant) on the CIFAR-10 images in ../shared/data/cifar10-sa
 (balanced subsets), else synthetic gratings. ``quick`` is sized for ~3 minutes on a 2-core CPU (one
 torch thread) and trains briefly: its numbers are a smoke test of the claim, not a reproduction.
 
-    python benchmarks/fidelity_autoslim.py [--full] [--json]
+    python -m detprune.bench.fidelity.autoslim [--full] [--json]
 """
 from __future__ import annotations
 
@@ -26,19 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.score import take_batches
 from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
-from fidelity_data import CIFAR, Flip, bench_threads, cifar, synthetic
 from torch.utils.data import Dataset, TensorDataset
 
 import detprune
-from detprune.training.distributed import make_loader
+from detprune.bench.fidelity.data import CIFAR, Flip, bench_threads, cifar, synthetic
 from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.training.trainer import Trainer
 from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 
 QUICK = dict(width=0.125, n_train=2560, n_search=256, n_test=1000, epochs=6, batch=64, lr=0.1, budgets=(0.5,),
              score_batches=2, calib_batches=4, bn="batch", finetune_epochs=0, threads=1)

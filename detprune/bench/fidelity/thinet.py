@@ -22,7 +22,7 @@ quick mode, no augmentation), else 10 classes of synthetic colour gratings. ``qu
 about 3 minutes on a shared 2-core CPU (one torch thread); the full run (width 1, all images, 60
 epochs) belongs on a GPU.
 
-    python benchmarks/fidelity_thinet.py [--full] [--json]
+    python -m detprune.bench.fidelity.thinet [--full] [--json]
 """
 from __future__ import annotations
 
@@ -35,15 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fidelity_data import bench_threads, train_test
 
 import detprune
-from detprune.training.distributed import make_loader
+from detprune.bench.fidelity.data import bench_threads, train_test
 from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.training.trainer import Trainer
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 
 QUICK = dict(args=dict(width=0.25), n_train=2500, n_test=1000, epochs=10, batch=64, lr=0.05, images=256,
              single_ratio=0.5, all_ratio=0.3, threads=1)

@@ -26,10 +26,10 @@ Rows, all top-1 on the held-out split:
 Data: the real CIFAR-10 images of ../shared/data/cifar10-sample when present (balanced subsets in
 quick mode, no augmentation), else synthetic gratings (``fidelity_data``). ``quick`` is sized for
 about a minute on a shared 2-core CPU (one torch thread) and uses the seed-tables' quick sparsity
-(s = 5e-3, measured in benchmarks/seed_tables.py to put most |γ| near zero in a short run); the
+(s = 5e-3, measured with detprune bench seed-tables to put most |γ| near zero in a short run); the
 full run (width 1, all images, 160 + 40 epochs, s = 1e-4 as in Network Slimming) belongs on a GPU.
 
-    python benchmarks/fidelity_sketch.py [--full] [--json]
+    python -m detprune.bench.fidelity.sketch [--full] [--json]
 """
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ from typing import Any
 
 import torch
 from detprune_plugins.sketch.bn import adabn
-from fidelity_data import bench_threads, train_test
 
 import detprune
-from detprune.training.distributed import make_loader
+from detprune.bench.fidelity.data import bench_threads, train_test
 from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
-from detprune.training.trainer import Trainer
 from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
 
 QUICK = dict(width=0.25, n_train=2000, n_test=1000, epochs=15, s=5e-3, lr=0.1, batch=64, ratio=0.7, alpha=0.3,
              calib_batches=10, finetune_epochs=5, finetune_lr=0.01, threads=1)

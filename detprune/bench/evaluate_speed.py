@@ -1,6 +1,6 @@
 """Evaluation speed: detprune's pycocotools scorer vs torchmetrics' MeanAveragePrecision.
 
-    python benchmarks/bench_evaluate.py [--root ../shared/data/visdrone-annotations] [--split val]
+    detprune bench evaluate-speed [--root ../shared/data/visdrone-annotations] [--split val]
 
 Scores jittered ground truth of a real VisDrone split (default: the 548 val annotation files,
 40k boxes) with both, side by side, and prints seconds and ratios. detprune evaluates only the
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from detprune.bench.paths import shared_data
 from detprune.data import build_dataset, load_card
 from detprune.eval.evaluate import evaluate_detections
 
@@ -56,13 +56,12 @@ def timed(fn, repeat):
     return best, out
 
 
-def main() -> None:
-    here = Path(__file__).resolve().parents[1]
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=str(here.parent / "shared" / "data" / "visdrone-annotations"))
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="detprune bench evaluate-speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=str(shared_data("visdrone-annotations")))
     ap.add_argument("--split", default="val")
     ap.add_argument("--repeat", type=int, default=2)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     ds = build_dataset(load_card(args.root), split=args.split)
     preds = jittered(ds)
     ds.coco_gt()  # built once per dataset, as in training
