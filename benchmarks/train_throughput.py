@@ -1,4 +1,6 @@
-"""``python benchmarks/train_throughput.py ARGS`` = ``detprune bench train-throughput ARGS`` (the code: detprune/bench/train_throughput.py)."""
+"""``python benchmarks/train_throughput.py ARGS`` = ``detprune bench train-throughput ARGS``
+(the code: detprune/bench/train_throughput.py)."""
+
 import sys
 
 from detprune.bench.train_throughput import main

@@ -5,6 +5,7 @@
 Reads ``data_batch_1..5`` and ``test_batch`` (the official ``cifar-10-python.tar.gz``, unpacked)
 and writes lossless PNGs to ``OUT/{train,test}/<class>/NNNNN.png`` in the batches' order.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -6,6 +6,7 @@ Expects VisDrone2019-DET-{train,val,test-dev}/{images,annotations} under the roo
 zips unpack that way). Every annotation is parsed and validated against its image; the three
 zero-height boxes of the official train split are dropped and listed.
 """
+
 from __future__ import annotations
 
 import argparse

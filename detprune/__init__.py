@@ -4,10 +4,13 @@ Public API (imported lazily, so ``import detprune`` stays cheap)::
 
     detprune.prune(model, example_inputs, ratio=0.3, criterion="l1") -> PruneResult
     detprune.save(result, path) / detprune.load(path)
-    detprune.eval.evaluate(...)          # mAP@0.5 / top-1
+    detprune.evaluate(...)          # mAP@0.5 / top-1
     detprune.plugins()              # the plugin host
     detprune.hookimpl               # decorator for plugin hook implementations
+    detprune.Criterion / Pruner / Compensator / ModelAdapter   # base classes a plugin extends
+                                    # (docs/plugin-guide.md is the author's guide)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -26,6 +29,10 @@ _LAZY = {
     "plugins": "detprune.plugin.host",
     "PruningPlan": "detprune.graph.plan",
     "PruneContext": "detprune.plugin.context",
+    "Criterion": "detprune.plugin.protocols",
+    "Pruner": "detprune.plugin.protocols",
+    "Compensator": "detprune.plugin.protocols",
+    "ModelAdapter": "detprune.plugin.protocols",
 }
 
 __all__ = ["hookimpl", "__version__", *_LAZY]

@@ -1,13 +1,15 @@
 """``detprune.prune``: trace, score, plan and cut in one call.
 
-    result = detprune.prune(model, (x,), ratio=0.3, criterion="l1", protected=("fc",))
-    result.model            # the smaller nn.Module (a copy; ``model`` is untouched)
-    detprune.save(result, "pruned.pt")
+result = detprune.prune(model, (x,), ratio=0.3, criterion="l1", protected=("fc",))
+result.model            # the smaller nn.Module (a copy; ``model`` is untouched)
+detprune.save(result, "pruned.pt")
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -58,8 +60,10 @@ class PruneResult:
         return self._flops["after"]
 
     def summary(self) -> str:
-        return (f"params {self.params_before:,} -> {self.params_after:,} ({self.params_after / self.params_before:.1%}), "
-                f"FLOPs {self.flops_before:,} -> {self.flops_after:,} ({self.flops_after / max(self.flops_before, 1):.1%})")
+        return (
+            f"params {self.params_before:,} -> {self.params_after:,} ({self.params_after / self.params_before:.1%}), "
+            f"FLOPs {self.flops_before:,} -> {self.flops_after:,} ({self.flops_after / max(self.flops_before, 1):.1%})"
+        )
 
 
 def _criterion(criterion: Any) -> Any:
@@ -70,10 +74,22 @@ def _criterion(criterion: Any) -> Any:
     return conform("criterion", criterion)
 
 
-def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: Any = "l1",
-          protected: Iterable[str] = (), round_to: int | None = None, global_ranking: bool = False, *,
-          leaves: Sequence[Any] = (), min_keep: float = 0.0, builder: Any = None, inplace: bool = False,
-          check: bool = True, ctx: PruneContext | None = None) -> PruneResult:
+def prune(
+    model: nn.Module,
+    example_inputs: Any,
+    ratio: float = 0.3,
+    criterion: Any = "l1",
+    protected: Iterable[str] = (),
+    round_to: int | None = None,
+    global_ranking: bool = False,
+    *,
+    leaves: Sequence[Any] = (),
+    min_keep: float = 0.0,
+    builder: Any = None,
+    inplace: bool = False,
+    check: bool = True,
+    ctx: PruneContext | None = None,
+) -> PruneResult:
     """Remove ``ratio`` of the channels of every prunable group (or globally), lowest score first.
 
     :param criterion: a registered criterion name (``detprune plugins``) or an object with
@@ -95,7 +111,13 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: 
     name = criterion if isinstance(criterion, str) else type(criterion).__name__
     if ctx is None:
         ctx = PruneContext(example_inputs=inputs)
-    ctx.ratio, ctx.round_to, ctx.global_ranking, ctx.min_keep, ctx.criterion = ratio, round_to, global_ranking, min_keep, name
+    ctx.ratio, ctx.round_to, ctx.global_ranking, ctx.min_keep, ctx.criterion = (
+        ratio,
+        round_to,
+        global_ranking,
+        min_keep,
+        name,
+    )
     if not ctx.example_inputs:
         ctx.example_inputs = inputs
     ctx.graph = graph
@@ -106,6 +128,13 @@ def prune(model: nn.Module, example_inputs: Any, ratio: float = 0.3, criterion: 
     parent, spec = getattr(model, ATTR, None), builder_spec(builder)
     pruned = graph.apply(model, plan, inplace=inplace, check=check)
     mark(pruned, parent, spec, graph, plan)
-    return PruneResult(model=pruned, plan=plan, graph=graph, params_before=params_before,
-                       params_after=count_params(pruned), builder=spec, dense=None if inplace else model,
-                       parent=parent)
+    return PruneResult(
+        model=pruned,
+        plan=plan,
+        graph=graph,
+        params_before=params_before,
+        params_after=count_params(pruned),
+        builder=spec,
+        dense=None if inplace else model,
+        parent=parent,
+    )

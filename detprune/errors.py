@@ -3,6 +3,7 @@
 Every error a user can cause (a bad plugin name, a malformed annotation line, a tampered recipe)
 derives from :class:`DetpruneError`, so the CLI can print its message alone, without a traceback.
 """
+
 from __future__ import annotations
 
 

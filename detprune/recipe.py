@@ -18,6 +18,7 @@ are matched against the rebuilt model's own module classes, never imported. The 
 before anything is built, each stage's graph fingerprint before its plan is replayed, and the
 weights load strictly at the end; every mismatch is a :class:`RecipeError` naming file and field.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,8 +26,9 @@ import importlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -67,8 +69,10 @@ def builder_spec(builder: Any) -> dict[str, Any] | None:
         name = _registered_name(builder)
     if isinstance(name, str) and isinstance(args, dict):  # a model adapter instance
         return {"adapter": name, "args": dict(args)}
-    raise ValueError(f"cannot record how to rebuild the model from builder {builder!r}: pass an adapter instance, "
-                     "{'adapter': name, 'args': {...}} or {'callable': 'pkg.mod:fn', 'args': {...}}")
+    raise ValueError(
+        f"cannot record how to rebuild the model from builder {builder!r}: pass an adapter instance, "
+        "{'adapter': name, 'args': {...}} or {'callable': 'pkg.mod:fn', 'args': {...}}"
+    )
 
 
 def _registered_name(adapter: Any) -> str | None:
@@ -91,8 +95,9 @@ def stage_of(graph: Any, plan: PruningPlan) -> dict[str, Any]:
     }
 
 
-def mark(pruned: nn.Module, parent: dict[str, Any] | None, builder: dict[str, Any] | None, graph: Any,
-         plan: PruningPlan) -> None:
+def mark(
+    pruned: nn.Module, parent: dict[str, Any] | None, builder: dict[str, Any] | None, graph: Any, plan: PruningPlan
+) -> None:
     """Record on ``pruned`` how to rebuild it (builder + stages so far), so pruning it again, or a
     checkpoint of it, can chain; without a known builder the stale record of a copied parent is dropped."""
     spec = parent["builder"] if parent else builder
@@ -106,8 +111,13 @@ def mark(pruned: nn.Module, parent: dict[str, Any] | None, builder: dict[str, An
 
 def make_recipe(builder: dict[str, Any], stages: list[dict[str, Any]], training: bool = False) -> dict[str, Any]:
     """A complete recipe with its digest."""
-    recipe = {"format": FORMAT, "builder": builder, "stages": stages, "training": bool(training),
-              "detprune_version": __version__}
+    recipe = {
+        "format": FORMAT,
+        "builder": builder,
+        "stages": stages,
+        "training": bool(training),
+        "detprune_version": __version__,
+    }
     recipe["sha256"] = digest(recipe)
     return recipe
 
@@ -119,13 +129,16 @@ def recipe_of(result: Any, builder: Any = None) -> dict[str, Any]:
     spec = builder_spec(builder) or result.builder
     if parent is not None:
         if spec is not None and spec != parent["builder"]:
-            raise RecipeError(f"the model was loaded from a recipe built by {parent['builder']}; builder {spec} "
-                              "cannot rebuild it")
+            raise RecipeError(
+                f"the model was loaded from a recipe built by {parent['builder']}; builder {spec} cannot rebuild it"
+            )
         spec = parent["builder"]
     if spec is None:
-        raise RecipeError("cannot save a recipe without knowing how to rebuild the dense model: pass builder= to "
-                          "detprune.prune or detprune.save (an adapter, {'adapter': name, 'args': {...}} or "
-                          "{'callable': 'pkg.mod:fn', 'args': {...}})")
+        raise RecipeError(
+            "cannot save a recipe without knowing how to rebuild the dense model: pass builder= to "
+            "detprune.prune or detprune.save (an adapter, {'adapter': name, 'args': {...}} or "
+            "{'callable': 'pkg.mod:fn', 'args': {...}})"
+        )
     stages = [*(parent["stages"] if parent else []), stage_of(result.graph, result.plan)]
     return make_recipe(spec, stages, training=result.model.training)
 
@@ -165,7 +178,9 @@ def read_recipe(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, torc
     except FileNotFoundError:
         raise RecipeError(f"{path}: no such file") from None
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign file
-        raise RecipeError(f"{path}: not a detprune recipe file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        raise RecipeError(
+            f"{path}: not a detprune recipe file ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from exc
     if not isinstance(data, dict) or not {"recipe", "state_dict"} <= set(data):
         raise RecipeError(f"{path}: not a detprune recipe file (expected keys 'recipe' and 'state_dict')")
     return parse_recipe(data["recipe"], str(path)), data["state_dict"]
@@ -205,16 +220,26 @@ def _upgrade_v1(recipe: dict[str, Any], where: str) -> dict[str, Any]:
         raise RecipeError(f"{where}: recipe lacks field(s) {', '.join(missing)}")
     plan_digest = hashlib.sha256(json.dumps(recipe["plan"], sort_keys=True).encode()).hexdigest()
     if plan_digest != recipe["plan_sha256"]:
-        raise RecipeError(f"{where}: field 'plan' was modified after saving (its checksum does not match 'plan_sha256')")
+        raise RecipeError(
+            f"{where}: field 'plan' was modified after saving (its checksum does not match 'plan_sha256')"
+        )
     _check_builder(recipe["builder"], where)
     stage = {k: recipe.get(k) for k in ("input_shapes", "input_dtypes", "protected", "leaves", "plan", "fingerprint")}
-    return {"format": FORMAT, "builder": recipe["builder"], "stages": [stage],
-            "training": recipe.get("training", False), "detprune_version": recipe.get("detprune_version")}
+    return {
+        "format": FORMAT,
+        "builder": recipe["builder"],
+        "stages": [stage],
+        "training": recipe.get("training", False),
+        "detprune_version": recipe.get("detprune_version"),
+    }
 
 
 def _check_builder(spec: Any, where: str) -> None:
-    ok = isinstance(spec, dict) and isinstance(spec.get("args", {}), dict) and (
-        isinstance(spec.get("adapter"), str) or isinstance(spec.get("callable"), str))
+    ok = (
+        isinstance(spec, dict)
+        and isinstance(spec.get("args", {}), dict)
+        and (isinstance(spec.get("adapter"), str) or isinstance(spec.get("callable"), str))
+    )
     if not ok:
         raise RecipeError(f"{where}: field 'builder' must be {{'adapter': name, 'args': {{...}}}}, got {spec!r}")
 
@@ -230,7 +255,8 @@ def _build_dense(spec: dict[str, Any], where: str, trusted: Iterable[str], expli
             raise RecipeError(
                 f"{where}: field 'builder' names the Python callable '{target}'; detprune rebuilds models from a file "
                 f"only through registered model adapters. If you trust this file, load it with "
-                f"detprune.load(path, trusted=['{target}']) or detprune.load(path, build=...)")
+                f"detprune.load(path, trusted=['{target}']) or detprune.load(path, build=...)"
+            )
         return _import(target)(**args)
     except RecipeError:
         raise
@@ -270,18 +296,26 @@ def replay(model: nn.Module, stages: list[dict[str, Any]], where: str, desc: str
         dtypes = stage.get("input_dtypes") or ["float32"] * len(stage["input_shapes"])
         gen = torch.Generator().manual_seed(0)
         try:
-            inputs = tuple(torch.rand(s, generator=gen).to(getattr(torch, d)) for s, d in zip(stage["input_shapes"], dtypes))
+            inputs = tuple(
+                torch.rand(s, generator=gen).to(getattr(torch, d)) for s, d in zip(stage["input_shapes"], dtypes)
+            )
         except (TypeError, AttributeError, RuntimeError) as exc:
             raise RecipeError(f"{label}: fields 'input_shapes'/'input_dtypes' are not valid: {exc}") from exc
         try:
-            graph = trace(model, inputs, protected=tuple(stage.get("protected") or ()),
-                          leaves=_leaves(stage.get("leaves") or [], model, label))
+            graph = trace(
+                model,
+                inputs,
+                protected=tuple(stage.get("protected") or ()),
+                leaves=_leaves(stage.get("leaves") or [], model, label),
+            )
         except GraphError as exc:
             raise RecipeError(f"{label}: cannot trace the model built by {desc}: {exc}") from exc
         if graph.fingerprint() != stage["fingerprint"]:
-            raise RecipeError(f"{label}: the model built by {desc} does not have the structure the plan was made for "
-                              f"(fingerprint {graph.fingerprint()} != {stage['fingerprint']}); pass the builder that "
-                              f"made it: detprune.load(path, build=...)")
+            raise RecipeError(
+                f"{label}: the model built by {desc} does not have the structure the plan was made for "
+                f"(fingerprint {graph.fingerprint()} != {stage['fingerprint']}); pass the builder that "
+                f"made it: detprune.load(path, build=...)"
+            )
         try:
             plan = PruningPlan.from_dict(stage["plan"])
             model = graph.apply(model, plan, inplace=True, check=False)
@@ -290,8 +324,13 @@ def replay(model: nn.Module, stages: list[dict[str, Any]], where: str, desc: str
     return model
 
 
-def rebuild(recipe: dict[str, Any], state: dict[str, torch.Tensor] | None, where: str,
-            build: Callable[[], nn.Module] | dict[str, Any] | None = None, trusted: Iterable[str] = ()) -> nn.Module:
+def rebuild(
+    recipe: dict[str, Any],
+    state: dict[str, torch.Tensor] | None,
+    where: str,
+    build: Callable[[], nn.Module] | dict[str, Any] | None = None,
+    trusted: Iterable[str] = (),
+) -> nn.Module:
     """The pruned model of ``recipe`` with ``state`` loaded (None: keep the rebuilt initial weights)."""
     if callable(build) and not isinstance(build, dict):
         dense, desc = build(), "the given build()"
@@ -313,8 +352,9 @@ def load_weights_strict(model: nn.Module, state: dict[str, torch.Tensor], where:
         raise RecipeError(f"{where}: the saved weights do not fit the pruned model: {detail[:300]}") from exc
 
 
-def load(path: str | os.PathLike, build: Callable[[], nn.Module] | dict[str, Any] | None = None,
-         trusted: Iterable[str] = ()) -> nn.Module:
+def load(
+    path: str | os.PathLike, build: Callable[[], nn.Module] | dict[str, Any] | None = None, trusted: Iterable[str] = ()
+) -> nn.Module:
     """Rebuild the dense model, replay the saved plans and load the pruned weights.
 
     :param build: overrides the recipe's builder: a zero-argument callable returning the dense

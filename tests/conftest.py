@@ -1,4 +1,5 @@
 """Shared test fixtures. Real data under ../shared/data is optional: tests that need it skip."""
+
 from __future__ import annotations
 
 import os
@@ -48,3 +49,14 @@ def make_colour_folder(root: Path, sizes: dict[str, int]) -> Path:
                 img[..., 2 if c == 0 else 0] += 120  # BGR
                 cv2.imwrite(str(root / split / name / f"{i}.png"), img)
     return root
+
+
+PRUNE_CLASSIFIER = "prune --model vgg16-cifar --width 0.125 --device cpu --batch-size 4 --no-progress --no-plots"
+
+
+def prune_classifier(folder: Path, out: Path, *extra: str, latency_iters: int = 2) -> int:
+    """``detprune prune`` of a width-1/8 VGG16-CIFAR on an image folder (CPU, batch 4, no plots)."""
+    from detprune.cli import main
+
+    args = [*PRUNE_CLASSIFIER.split(), "--data", str(folder), "--out", str(out), "--latency-iters", str(latency_iters)]
+    return main([*args, *extra])

@@ -1,4 +1,5 @@
 """Build throw-away plugin distributions on disk (dist-info + module) for host tests."""
+
 from __future__ import annotations
 
 import textwrap

@@ -1,4 +1,5 @@
 """k-means anchors with the 1 - IoU distance, box shapes from VisDrone files, `detprune anchors`."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,12 @@ def test_write_card_anchors_replaces_only_that_key(tmp_path):
     assert yaml.safe_load(text)["anchors"] == [[5, 6], [7, 8]]
     write_card_anchors(card, [[9, 9]], "k-means (1-IoU) anchors again", 320)
     assert text.count("k-means") == 1 and card.read_text().count("k-means") == 1
-    assert yaml.safe_load(card.read_text()) == {"name": "x", "anchors": [[9, 9]], "anchors_img_size": 320,
-                                                "img_size": 608}
+    assert yaml.safe_load(card.read_text()) == {
+        "name": "x",
+        "anchors": [[9, 9]],
+        "anchors_img_size": 320,
+        "img_size": 608,
+    }
 
 
 def test_card_anchors_rescale_to_the_input_size():
@@ -95,15 +100,20 @@ def _visdrone_split(root, lines_by_file):
 
 
 def test_box_shapes_skip_ignored_categories_and_scale_by_the_long_side(tmp_path):
-    ann = _visdrone_split(tmp_path / "split", {
-        "0000001_00001_d_0000001": ["0,0,1920,1080,0,0,0,0", "10,10,40,20,1,4,0,0", "5,5,8,8,0,11,0,0"],
-        "0000002_00001_d_0000001": ["100,100,30,60,1,1,0,0", "900,500,20,10,1,2,0,0"],
-    })
+    ann = _visdrone_split(
+        tmp_path / "split",
+        {
+            "0000001_00001_d_0000001": ["0,0,1920,1080,0,0,0,0", "10,10,40,20,1,4,0,0", "5,5,8,8,0,11,0,0"],
+            "0000002_00001_d_0000001": ["100,100,30,60,1,1,0,0", "900,500,20,10,1,2,0,0"],
+        },
+    )
     shapes = visdrone_box_shapes(ann)
     assert shapes.sizes_estimated == 2 and shapes.frames == {"1920x1080": 1, "960x540": 1}
     assert np.array_equal(shapes.wh, [[40, 20], [30, 60], [20, 10]])
-    assert np.allclose(shapes.scaled(608), [[40 * 608 / 1920, 20 * 608 / 1920], [30 * 608 / 960, 60 * 608 / 960],
-                                            [20 * 608 / 960, 10 * 608 / 960]])
+    assert np.allclose(
+        shapes.scaled(608),
+        [[40 * 608 / 1920, 20 * 608 / 1920], [30 * 608 / 960, 60 * 608 / 960], [20 * 608 / 960, 10 * 608 / 960]],
+    )
 
 
 def test_malformed_annotation_line_names_file_line_and_field(tmp_path):
@@ -123,7 +133,10 @@ def test_real_sample_sizes_read_from_images_match_the_estimate(shared_data):
 
 
 def test_cli_on_a_dataset_folder_prints_json(shared_data, capsys):
-    assert main(["anchors", "--data", str(shared_data / "visdrone-sample"), "--n", "6", "--img-size", "416", "--json"]) == 0
+    assert (
+        main(["anchors", "--data", str(shared_data / "visdrone-sample"), "--n", "6", "--img-size", "416", "--json"])
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert len(out["anchors"]) == 6 and out["img_size"] == 416 and out["boxes"] == 824
     assert out["sizes_read"] == 6 and 0.5 < out["mean_iou"] <= 1.0
@@ -132,8 +145,10 @@ def test_cli_on_a_dataset_folder_prints_json(shared_data, capsys):
 def test_cli_writes_the_card(tmp_path, shared_data, capsys):
     shutil.copytree(shared_data / "visdrone-sample", tmp_path / "data" / "val")
     card = tmp_path / "card.yaml"
-    card.write_text("name: v\nformat: visdrone\nroot: data\nsplits: {val: val}\nclasses: [a, b, c, d, e, f, g, h, i, j]\n"
-                    "ignore: [0, 11]\nimg_size: 320\n")
+    card.write_text(
+        "name: v\nformat: visdrone\nroot: data\nsplits: {val: val}\nclasses: [a, b, c, d, e, f, g, h, i, j]\n"
+        "ignore: [0, 11]\nimg_size: 320\n"
+    )
     assert main(["anchors", "--data", str(card), "--write"]) == 0
     assert "anchors at 320 px" in capsys.readouterr().out
     data = yaml.safe_load(card.read_text())
@@ -145,13 +160,15 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     card.write_text("name: v\nformat: visdrone\nroot: nowhere\nsplits: {val: val}\nclasses: [a]\n")
     assert main(["anchors", "--data", str(card)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"detprune: error: {card}: split 'val': annotation folder {tmp_path}/nowhere/val/annotations does not exist (set --root?)"
+    assert (
+        err == f"detprune: error: {card}: split 'val': annotation folder {tmp_path}/nowhere/val/annotations "
+        "does not exist (set --root?)"
+    )
 
 
 def test_the_visdrone_card_holds_anchors_from_the_real_val_annotations(shared_data):
     """The stored anchors are what `detprune anchors` computes from the full val split (548 files)."""
     from conftest import REPO
-
     from detprune.cli.anchors import run  # noqa: F401  (the command that wrote them)
 
     card = yaml.safe_load((REPO / "datasets" / "visdrone.yaml").read_text())

@@ -1,28 +1,28 @@
 """AutoSlim's slimmable network: a masked width is the physically pruned model, its FLOPs are
 predicted exactly, and the sandwich rule (widest on labels, narrowest and random widths distilled
 from it) accumulates the right gradients into one Trainer step."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-from detprune_plugins.autoslim.distill import centernet_distill, kl_logits, yolo_distill
-from detprune_plugins.autoslim.flops import FlopModel
-from detprune_plugins.autoslim.pruner import AutoSlim
-from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
 from test_train_support import TinyAdapter, colour_dataset
 from torch import nn
-from zoo import TOYS, build
 
 import detprune
 from detprune.eval.measure import count_flops, count_params
 from detprune.graph import trace
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.autoslim.distill import centernet_distill, kl_logits, yolo_distill
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.pruner import AutoSlim
+from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
+from zoo import TOYS, build
 
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
-
 
 
 def _flat(out) -> torch.Tensor:
@@ -69,11 +69,14 @@ def test_masked_width_equals_the_physically_pruned_model_on_every_toy(name):
             assert count_params(pruned) < count_params(model)
 
 
-@pytest.mark.parametrize("name,args", [
-    ("resnet56-cifar", {}),
-    ("yolov3", dict(img_size=64, width=0.125)),
-    ("centernet-resnet18", dict(img_size=64, width=0.25, head_conv=16)),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("resnet56-cifar", {}),
+        ("yolov3", dict(img_size=64, width=0.125)),
+        ("centernet-resnet18", dict(img_size=64, width=0.25, head_conv=16)),
+    ],
+)
 def test_masked_width_equals_pruned_model_on_real_architectures(name, args):
     adapter = detprune.plugins().adapter(name, **args)
     model = adapter.build().double()  # float64: the comparison sees pruning errors, not rounding
@@ -130,6 +133,7 @@ def test_calibration_must_run_bn_in_training_mode():
 
 # ---- in-place distillation ----------------------------------------------------------------------
 
+
 def _grad_at_teacher(loss_fn, teacher):
     student = [t.clone().requires_grad_(True) for t in teacher]
     loss_fn(student, teacher).backward()
@@ -161,6 +165,7 @@ def test_yolo_distillation_regresses_boxes_only_where_the_teacher_sees_an_object
 
 # ---- the sandwich rule ------------------------------------------------------------------------------
 
+
 def test_sandwich_step_accumulates_widest_label_loss_and_distilled_narrow_widths():
     adapter = TinyAdapter(width=8)
     model = adapter.build()
@@ -173,7 +178,9 @@ def test_sandwich_step_accumulates_widest_label_loss_and_distilled_narrow_widths
         seen.append(dict(pruner.slim.config))
         return model(x)
 
-    loss, parts = pruner.train_step(model, (images, labels), adapter, forward, lambda l: (calls.append(1), l.backward()))
+    loss, parts = pruner.train_step(
+        model, (images, labels), adapter, forward, lambda total: (calls.append(1), total.backward())
+    )
     slim = pruner.slim
     assert len(seen) == 4 and len(calls) == 4 and pruner.steps == 1
     assert seen[0] == slim.max_config() and seen[1] == slim.min_config()
@@ -260,19 +267,26 @@ def test_slimmable_training_in_the_trainer_lowers_the_loss_at_every_width(tmp_pa
     assert top1 > 0.5  # the narrowest width learned too (chance is 1/3)
 
 
-@pytest.mark.parametrize("name,args", [
-    ("yolov3", dict(num_classes=3, img_size=64, width=0.0625, depth=0.34)),
-    ("centernet-resnet18", dict(num_classes=3, img_size=64, width=0.125, head_conv=8)),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("yolov3", dict(num_classes=3, img_size=64, width=0.0625, depth=0.34)),
+        ("centernet-resnet18", dict(num_classes=3, img_size=64, width=0.125, head_conv=8)),
+    ],
+)
 def test_detector_sandwich_step_distills_its_head_outputs(name, args, caplog):
     adapter = detprune.plugins().adapter(name, **args)
     model = adapter.build()
     images = torch.rand(2, 3, 64, 64)
-    targets = [{"boxes": torch.tensor([[8.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[20.0, 10.0, 50.0, 30.0], [2.0, 2.0, 12.0, 12.0]]), "labels": torch.tensor([0, 2])}]
+    targets = [
+        {"boxes": torch.tensor([[8.0, 8.0, 30.0, 40.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[20.0, 10.0, 50.0, 30.0], [2.0, 2.0, 12.0, 12.0]]), "labels": torch.tensor([0, 2])},
+    ]
     pruner = AutoSlim()
     with caplog.at_level("WARNING", logger="detprune.autoslim"):
-        loss, parts = pruner.train_step(model, (images, targets, [{}, {}]), adapter, model, lambda l: l.backward())
+        loss, parts = pruner.train_step(
+            model, (images, targets, [{}, {}]), adapter, model, lambda total: total.backward()
+        )
     assert "MSE" not in caplog.text  # the detector's own distillation, not the fallback
     assert torch.isfinite(loss) and parts["kd"] > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

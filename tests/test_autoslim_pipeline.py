@@ -1,14 +1,15 @@
 """AutoSlim through ``detprune prune``'s trip: sandwich training in the method phase, greedy slimming
 in ``plan``, surgery, fine-tuning, a loadable pruned model within the FLOPs budget."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from conftest import make_colour_folder
 
 import detprune
+from conftest import make_colour_folder
 from detprune.eval.measure import count_flops
 from detprune.pipeline.trip import PipelineConfig, run
 
@@ -21,11 +22,29 @@ def folder(tmp_path_factory):
 
 def test_autoslim_in_the_prune_pipeline_meets_its_flops_budget(folder, tmp_path):
     out = tmp_path / "run"
-    res = run(PipelineConfig(model="vgg16-cifar", width=0.125, data=folder, out=out, pruner="autoslim", ratio=0.6,
-                             prune_epochs=2, finetune_epochs=1, batch_size=8, device="cpu", latency_iters=2,
-                             latency_warmup=1, progress=False,
-                             pruner_options={"score_batches": 1, "calib_batches": 2, "progress": False,
-                                             "state": str(tmp_path / "search.json")}))
+    res = run(
+        PipelineConfig(
+            model="vgg16-cifar",
+            width=0.125,
+            data=folder,
+            out=out,
+            pruner="autoslim",
+            ratio=0.6,
+            prune_epochs=2,
+            finetune_epochs=1,
+            batch_size=8,
+            device="cpu",
+            latency_iters=2,
+            latency_warmup=1,
+            progress=False,
+            pruner_options={
+                "score_batches": 1,
+                "calib_batches": 2,
+                "progress": False,
+                "state": str(tmp_path / "search.json"),
+            },
+        )
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["pruner"] == "autoslim"
     meta = report["plan"]["meta"]

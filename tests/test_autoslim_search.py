@@ -1,11 +1,20 @@
 """AutoSlim's greedy slimming: it takes the best-scoring bin each step, stops at each FLOPs budget,
 resumes from its state file to the same result, and ``plan`` hands the pipeline a buildable plan."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from test_train_support import TinyAdapter, colour_dataset
+
+import detprune
+from detprune.errors import DetpruneError
+from detprune.eval.measure import count_flops
+from detprune.graph import trace
+from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
 from detprune_plugins.autoslim.flops import FlopModel
 from detprune_plugins.autoslim.pruner import AutoSlim
 from detprune_plugins.autoslim.score import Scorer, take_batches
@@ -15,14 +24,6 @@ from detprune_plugins.autoslim.search import (
     greedy_slimming,
 )
 from detprune_plugins.autoslim.slimmable import Slimmable, bn_state
-from test_train_support import TinyAdapter, colour_dataset
-
-import detprune
-from detprune.errors import DetpruneError
-from detprune.eval.measure import count_flops
-from detprune.graph import trace
-from detprune.plugin.context import PruneContext
-from detprune.training.distributed import make_loader
 
 
 def setup(width=8, seed=0):
@@ -52,7 +53,7 @@ def test_greedy_takes_the_best_scoring_bin_each_step():
     score = lambda c: (-(3.0 * (top[a] - c[a]) ** 2 + (top[b] - c[b])),)  # noqa: E731
     state = greedy_slimming(slim, flops, score, [0.45], progress=False)
     units = [h["unit"] for h in state["history"]]
-    assert units[: top[b] - 1] == [b] * (top[b] - 1) and set(units[top[b] - 1:]) == {a}
+    assert units[: top[b] - 1] == [b] * (top[b] - 1) and set(units[top[b] - 1 :]) == {a}
     assert state["done"] and state["found"][0]["flops"] <= 0.45 < state["history"][-2]["flops"]
 
 
@@ -91,9 +92,17 @@ def test_search_resumes_from_its_state_file_to_the_same_result(tmp_path):
         model.load_state_dict(weights)
         slim, scorer = make_scorer(adapter, model, graph, train, val)
         try:
-            return greedy_slimming(slim, FlopModel(model, graph, inputs), scorer, [0.5, 0.25], state_path=path,
-                                   settings=settings, fingerprint=graph.fingerprint(), max_steps=max_steps,
-                                   progress=False)
+            return greedy_slimming(
+                slim,
+                FlopModel(model, graph, inputs),
+                scorer,
+                [0.5, 0.25],
+                state_path=path,
+                settings=settings,
+                fingerprint=graph.fingerprint(),
+                max_steps=max_steps,
+                progress=False,
+            )
         finally:
             slim.detach()
 
@@ -116,8 +125,17 @@ def test_a_state_file_of_another_search_is_refused_by_field(tmp_path):
     slim, flops = Slimmable(model, graph), FlopModel(model, graph, inputs)
     score = lambda c: (float(sum(c.values())),)  # noqa: E731
     path = tmp_path / "s.json"
-    greedy_slimming(slim, flops, score, [0.5], state_path=path, settings={"bins": 10}, fingerprint="abc",
-                    progress=False, max_steps=1)
+    greedy_slimming(
+        slim,
+        flops,
+        score,
+        [0.5],
+        state_path=path,
+        settings={"bins": 10},
+        fingerprint="abc",
+        progress=False,
+        max_steps=1,
+    )
     with pytest.raises(SearchStateError, match=r"s\.json: field 'settings\.bins' is 10 but this search asks for 5"):
         greedy_slimming(slim, flops, score, [0.5], state_path=path, settings={"bins": 5}, fingerprint="abc")
     with pytest.raises(SearchStateError, match=r"s\.json: field 'settings\.targets' is \[0\.5\]"):
@@ -147,8 +165,13 @@ def test_search_leaves_bn_statistics_and_hooks_as_they_were():
 def test_plan_returns_the_first_channels_of_the_chosen_widths_and_resumes(tmp_path):
     adapter, model, graph, inputs, train, val = setup()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    ctx = PruneContext(example_inputs=inputs, adapter=adapter, train_loader=train, val_loader=val,
-                       options={"flops": "0.6,0.4", "state": str(tmp_path / "search.json")})
+    ctx = PruneContext(
+        example_inputs=inputs,
+        adapter=adapter,
+        train_loader=train,
+        val_loader=val,
+        options={"flops": "0.6,0.4", "state": str(tmp_path / "search.json")},
+    )
     pruner = AutoSlim(score_batches=1, calib_batches=1, progress=False)
     with pytest.raises(DetpruneError, match=r"stopped after max_steps=2 steps; run again with state="):
         pruner.plan(model, graph, PruneContext(**{**ctx.__dict__, "options": {**ctx.options, "max_steps": 2}}))
@@ -157,14 +180,15 @@ def test_plan_returns_the_first_channels_of_the_chosen_widths_and_resumes(tmp_pa
     assert plan.meta["pruner"] == "autoslim" and plan.meta["select"] == 0.4
     assert [f["target"] for f in plan.meta["found"]] == [0.6, 0.4]
     assert plan.meta["flops_fraction"] <= 0.4 and plan.meta["flops_counted"] <= 0.4 * count_flops(model, inputs)
-    for gid, kept in plan.kept.items():
+    for kept in plan.kept.values():
         assert kept.tolist() == list(range(len(kept)))  # lower-index channels kept
     pruned = graph.apply(model, plan)
     assert count_flops(pruned, inputs) == plan.meta["flops_counted"]
 
     model.load_state_dict(weights)  # the same search from scratch, without a state file
     fresh = AutoSlim(score_batches=1, calib_batches=1, progress=False).plan(
-        model, graph, PruneContext(**{**ctx.__dict__, "options": {"flops": [0.6, 0.4]}}))
+        model, graph, PruneContext(**{**ctx.__dict__, "options": {"flops": [0.6, 0.4]}})
+    )
     assert {g: t.tolist() for g, t in fresh.kept.items()} == {g: t.tolist() for g, t in plan.kept.items()}
 
 
@@ -173,7 +197,9 @@ def test_bad_options_are_clear_errors():
     with pytest.raises(DetpruneError, match=r"pruner 'autoslim' .* rejected its options \{'bogus': 1\}"):
         detprune.plugins().pruner("autoslim", bogus=1)
     ctx = PruneContext(example_inputs=inputs, adapter=adapter, train_loader=train, val_loader=val)
-    with pytest.raises(DetpruneError, match=r"flops budgets must be fractions of the dense FLOPs in \(0, 1\], got '1.5'"):
+    with pytest.raises(
+        DetpruneError, match=r"flops budgets must be fractions of the dense FLOPs in \(0, 1\], got '1.5'"
+    ):
         AutoSlim(flops="1.5")
     with pytest.raises(DetpruneError, match=r"got '0.5,half'"):
         AutoSlim(flops="0.5,half")

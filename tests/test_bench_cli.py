@@ -1,5 +1,6 @@
 """``detprune bench``: fidelity's argument handling, table and JSON (with fake row modules), the
 pass-through commands, the missing-checkout error, and one real method end to end on a tiny config."""
+
 from __future__ import annotations
 
 import json
@@ -36,19 +37,44 @@ def _fake(name: str, rows=None, error: Exception | None = None):
 
 
 ROWS = [
-    {"method": "thinet", "baseline": "l1", "metric": "top1 all layers @0.3", "method_value": 0.45,
-     "baseline_value": 0.35, "notes": "vgg16 on fake data"},
-    {"method": "thinet", "baseline": "l1", "metric": "logit_rel_err all layers @0.3 (lower=better)",
-     "method_value": 0.2, "baseline_value": 0.5, "notes": "vgg16 on fake data"},
+    {
+        "method": "thinet",
+        "baseline": "l1",
+        "metric": "top1 all layers @0.3",
+        "method_value": 0.45,
+        "baseline_value": 0.35,
+        "notes": "vgg16 on fake data",
+    },
+    {
+        "method": "thinet",
+        "baseline": "l1",
+        "metric": "logit_rel_err all layers @0.3 (lower=better)",
+        "method_value": 0.2,
+        "baseline_value": 0.5,
+        "notes": "vgg16 on fake data",
+    },
 ]
 
 
 @pytest.fixture
 def fakes(monkeypatch):
     """Fake ``thinet`` and ``mfp`` row modules in place of the real ones (restored at teardown)."""
-    mods = {"thinet": _fake("thinet", ROWS),
-            "mfp": _fake("mfp", [{"method": "mfp", "baseline": "sfp-l1", "metric": "top1", "method_value": 0.3,
-                                  "baseline_value": 0.3, "notes": "mfp note"}])}
+    mods = {
+        "thinet": _fake("thinet", ROWS),
+        "mfp": _fake(
+            "mfp",
+            [
+                {
+                    "method": "mfp",
+                    "baseline": "sfp-l1",
+                    "metric": "top1",
+                    "method_value": 0.3,
+                    "baseline_value": 0.3,
+                    "notes": "mfp note",
+                }
+            ],
+        ),
+    }
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, ROW_MODULE.format(name), mod)
     return mods
@@ -81,8 +107,22 @@ def test_without_quick_the_full_configs_run(fakes, capsys):
 
 
 def test_set_and_threads_override_the_config_during_the_run_only(fakes, capsys):
-    code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "thinet,mfp", "--no-progress",
-                          "--set", "thinet.epochs=3", "--set", "mfp.epochs=[1, 2]", "--threads", "2")
+    code, out, err = _run(
+        capsys,
+        "bench",
+        "fidelity",
+        "--quick",
+        "--json",
+        "--methods",
+        "thinet,mfp",
+        "--no-progress",
+        "--set",
+        "thinet.epochs=3",
+        "--set",
+        "mfp.epochs=[1, 2]",
+        "--threads",
+        "2",
+    )
     assert code == 0, err
     assert fakes["thinet"].seen == [(True, {"epochs": 3, "threads": 2})]
     assert fakes["mfp"].seen == [(True, {"epochs": (1, 2), "threads": 2})]
@@ -118,19 +158,28 @@ def test_a_row_without_the_contract_keys_is_an_error_of_that_method(fakes, capsy
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "mfp", "--no-progress")
     assert code == 1
     assert json.loads(out)["errors"] == {
-        "mfp": "FidelityError: method 'mfp': row 0 lacks baseline, method_value, baseline_value, notes"}
+        "mfp": "FidelityError: method 'mfp': row 0 lacks baseline, method_value, baseline_value, notes"
+    }
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "thinet,foo"], "--methods: unknown method 'foo'; choose from thinet, mfp, autoslim, sketch"),
-    (["--methods", ","], "--methods: unknown method (none given); choose from thinet, mfp, autoslim, sketch"),
-    (["--set", "thinet.epochs"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'thinet.epochs'"),
-    (["--set", "epochs=3"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'epochs=3'"),
-    (["--set", "yolo.epochs=3"], "--set 'yolo.epochs=3': unknown method 'yolo'; choose from thinet, mfp, autoslim, sketch"),
-    (["--methods", "thinet", "--set", "thinet.epoch=3"],
-     "--set thinet.epoch: thinet has no setting 'epoch'; its settings: epochs, threads"),
-    (["--threads", "0"], "--threads must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "thinet,foo"], "--methods: unknown method 'foo'; choose from thinet, mfp, autoslim, sketch"),
+        (["--methods", ","], "--methods: unknown method (none given); choose from thinet, mfp, autoslim, sketch"),
+        (["--set", "thinet.epochs"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'thinet.epochs'"),
+        (["--set", "epochs=3"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'epochs=3'"),
+        (
+            ["--set", "yolo.epochs=3"],
+            "--set 'yolo.epochs=3': unknown method 'yolo'; choose from thinet, mfp, autoslim, sketch",
+        ),
+        (
+            ["--methods", "thinet", "--set", "thinet.epoch=3"],
+            "--set thinet.epoch: thinet has no setting 'epoch'; its settings: epochs, threads",
+        ),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+    ],
+)
 def test_user_errors_are_one_line_before_any_run(fakes, capsys, argv, message):
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--no-progress", *argv)
     assert code == 2
@@ -138,14 +187,23 @@ def test_user_errors_are_one_line_before_any_run(fakes, capsys, argv, message):
     assert fakes["thinet"].seen == [] and fakes["mfp"].seen == []
 
 
-@pytest.mark.parametrize("command, module", [("engine", "engine"), ("latency", "latency"),
-                                             ("train-throughput", "train_throughput"), ("seed-tables", "seed_tables"),
-                                             ("evaluate-speed", "evaluate_speed")])
+@pytest.mark.parametrize(
+    "command, module",
+    [
+        ("engine", "engine"),
+        ("latency", "latency"),
+        ("train-throughput", "train_throughput"),
+        ("seed-tables", "seed_tables"),
+        ("evaluate-speed", "evaluate_speed"),
+    ],
+)
 def test_pass_through_commands_run_their_benchmark_with_the_remaining_arguments(monkeypatch, command, module):
     import importlib
 
     calls = []
-    monkeypatch.setattr(importlib.import_module(f"detprune.bench.{module}"), "main", lambda argv: calls.append(argv) or 3)
+    monkeypatch.setattr(
+        importlib.import_module(f"detprune.bench.{module}"), "main", lambda argv: calls.append(argv) or 3
+    )
     assert main(["bench", command, "--quick", "--threads", "1", "--help"]) == 3
     assert calls == [["--quick", "--threads", "1", "--help"]]
 
@@ -174,15 +232,24 @@ def test_bench_help_lists_every_benchmark(capsys):
 
 
 def test_fidelity_script_and_cli_share_their_options():
-    proc = subprocess.run([sys.executable, str(BENCH / "fidelity.py"), "--methods", "nope"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "fidelity.py"), "--methods", "nope"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "fidelity: error: --methods: unknown method 'nope'; choose from thinet, mfp, autoslim, sketch")
+        "fidelity: error: --methods: unknown method 'nope'; choose from thinet, mfp, autoslim, sketch"
+    )
 
 
-TINY_SKETCH = ["sketch.width=0.0625", "sketch.n_train=200", "sketch.n_test=100", "sketch.epochs=1", "sketch.batch=50",
-               "sketch.calib_batches=2", "sketch.finetune_epochs=1"]
+TINY_SKETCH = [
+    "sketch.width=0.0625",
+    "sketch.n_train=200",
+    "sketch.n_test=100",
+    "sketch.epochs=1",
+    "sketch.batch=50",
+    "sketch.calib_batches=2",
+    "sketch.finetune_epochs=1",
+]
 
 
 def test_sketch_row_runs_end_to_end_on_a_tiny_config(capsys):
@@ -198,14 +265,18 @@ def test_sketch_row_runs_end_to_end_on_a_tiny_config(capsys):
     assert result["errors"] == {}
     rows = result["rows"]
     assert [(r["method"], r["baseline"]) for r in rows] == [
-        ("ns+sketch", "ns"), ("ns+sketch", "ns"), ("ns+sketch+adabn", "ns+adabn"),
-        ("ns+sketch-procrustes", "ns"), ("ns+sketch-procrustes", "ns")]
+        ("ns+sketch", "ns"),
+        ("ns+sketch", "ns"),
+        ("ns+sketch+adabn", "ns+adabn"),
+        ("ns+sketch-procrustes", "ns"),
+        ("ns+sketch-procrustes", "ns"),
+    ]
     assert [r["metric"] for r in rows][:2] == ["top1 @0.7 before fine-tune", "top1 @0.7 after 1 fine-tune ep"]
     for r in rows:
         assert 0.0 <= r["method_value"] <= 1.0 and 0.0 <= r["baseline_value"] <= 1.0
         assert "(200 train / 100 test)" in r["notes"] and "same channels: True" in r["notes"]
     assert rows[0]["baseline_value"] == rows[3]["baseline_value"]  # one NS model, one evaluation
-    assert sketch.QUICK == before  # the overrides did not stick
+    assert before == sketch.QUICK  # the overrides did not stick
 
 
 @pytest.mark.slow
@@ -221,18 +292,24 @@ def test_seed_tables_set_overrides_one_study_and_reads_json_values():
     import argparse
 
     found = st.studies(quick=True, yolo_data="synthetic")
-    out = st.overridden(found, ["yolov3.img_size=640", "yolov3.alphas=[0.3]", 'yolov3.model_args={"depth": 0.5}'],
-                        argparse.ArgumentParser())
+    out = st.overridden(
+        found,
+        ["yolov3.img_size=640", "yolov3.alphas=[0.3]", 'yolov3.model_args={"depth": 0.5}'],
+        argparse.ArgumentParser(),
+    )
     yolo = next(s for s in out if s.name == "yolov3")
     assert (yolo.img_size, yolo.alphas, yolo.model_args) == (640, (0.3,), {"depth": 0.5})
     assert [s for s in out if s.name != "yolov3"] == [s for s in found if s.name != "yolov3"]
 
 
-@pytest.mark.parametrize("item, message", [
-    ("yolov3.bogus=1", "--set 'yolov3.bogus=1': unknown setting 'bogus'"),
-    ("nope.img_size=1", "--set 'nope.img_size=1': unknown study 'nope' (known: vgg16, yolov3, centernet)"),
-    ("img_size=1", "--set expects TARGET.KEY=VALUE, e.g. yolov3.img_size=640, got 'img_size=1'"),
-])
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("yolov3.bogus=1", "--set 'yolov3.bogus=1': unknown setting 'bogus'"),
+        ("nope.img_size=1", "--set 'nope.img_size=1': unknown study 'nope' (known: vgg16, yolov3, centernet)"),
+        ("img_size=1", "--set expects TARGET.KEY=VALUE, e.g. yolov3.img_size=640, got 'img_size=1'"),
+    ],
+)
 def test_seed_tables_set_rejects_bad_overrides_by_name(capsys, item, message):
     import argparse
 

@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, the kept previous copy, RNG round trips, clear errors on damage."""
+
 from __future__ import annotations
 
 import random
@@ -15,7 +16,13 @@ from detprune.training.trainer import Trainer
 
 
 def payload(value: float) -> dict:
-    return {"format": ck.FORMAT, "version": ck.VERSION, "kind": "last", "w": torch.full((4,), value), "epoch": int(value)}
+    return {
+        "format": ck.FORMAT,
+        "version": ck.VERSION,
+        "kind": "last",
+        "w": torch.full((4,), value),
+        "epoch": int(value),
+    }
 
 
 def test_save_is_weights_only_loadable_and_keeps_the_previous(tmp_path):
@@ -56,8 +63,10 @@ def test_a_truncated_checkpoint_is_a_clear_error_and_the_previous_is_intact(tmp_
         ck.load_checkpoint(last)
     msg = str(err.value)
     assert msg.startswith(f"{last}: checkpoint is truncated or corrupt (")
-    assert msg.endswith(f"; the previous checkpoint {tmp_path / 'last.prev.pt'} is intact: "
-                        f"resume from it with --resume {tmp_path / 'last.prev.pt'}")
+    assert msg.endswith(
+        f"; the previous checkpoint {tmp_path / 'last.prev.pt'} is intact: "
+        f"resume from it with --resume {tmp_path / 'last.prev.pt'}"
+    )
     assert ck.load_checkpoint(tmp_path / "last.prev.pt")["epoch"] == 1
 
     # saving over a damaged last.pt must not push the good previous copy out
@@ -73,9 +82,14 @@ def test_a_truncated_last_pt_stops_resume_with_one_line_from_the_cli(tmp_path):
     Trainer(adapter.build(), adapter, train, epochs=2, out_dir=tmp_path, progress=False, device="cpu").fit()
     data = (tmp_path / "last.pt").read_bytes()
     (tmp_path / "last.pt").write_bytes(data[:1000])
-    with pytest.raises(ck.CheckpointError, match=r"last.pt: checkpoint is truncated or corrupt .* the previous "
-                                                 r"checkpoint .*last.prev.pt is intact"):
-        Trainer(adapter.build(), adapter, train, epochs=3, out_dir=tmp_path, progress=False, device="cpu").fit(resume=True)
+    with pytest.raises(
+        ck.CheckpointError,
+        match=r"last.pt: checkpoint is truncated or corrupt .* the previous "
+        r"checkpoint .*last.prev.pt is intact",
+    ):
+        Trainer(adapter.build(), adapter, train, epochs=3, out_dir=tmp_path, progress=False, device="cpu").fit(
+            resume=True
+        )
     trainer = Trainer(adapter.build(), adapter, train, epochs=3, out_dir=tmp_path, progress=False, device="cpu")
     trainer.load(tmp_path / "last.prev.pt")
     assert trainer.epoch == 1
@@ -88,7 +102,9 @@ def test_objects_that_need_unpickling_are_refused(tmp_path):
         ck.load_checkpoint(path)
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(ck.CheckpointError, match=r"other.pt: not a detprune training checkpoint \(found \['state_dict'\]\)"):
+    with pytest.raises(
+        ck.CheckpointError, match=r"other.pt: not a detprune training checkpoint \(found \['state_dict'\]\)"
+    ):
         ck.load_checkpoint(other)
     with pytest.raises(ck.CheckpointError, match=r"missing.pt: no such checkpoint"):
         ck.load_checkpoint(tmp_path / "missing.pt")
@@ -108,8 +124,10 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
 def test_model_state_mismatch_names_the_keys(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     other = nn.Sequential(nn.Conv2d(3, 4, 3))
-    with pytest.raises(ck.CheckpointError, match=r"x.pt: the checkpoint's weights do not fit the model: missing "
-                                                 r"\[1.weight, 1.bias, 1.running_mean, 1.running_var\] and 1 more, "
-                                                 r"unexpected none"):
+    with pytest.raises(
+        ck.CheckpointError,
+        match=r"x.pt: the checkpoint's weights do not fit the model: missing "
+        r"\[1.weight, 1.bias, 1.running_mean, 1.running_var\] and 1 more, "
+        r"unexpected none",
+    ):
         ck.load_model_state(model, other.state_dict(), tmp_path / "x.pt")
-

@@ -1,12 +1,12 @@
 """``detprune prune`` on the command line: a run with --json, its --help, and user errors as one line."""
+
 from __future__ import annotations
 
 import json
 
-import cv2
-import numpy as np
 import pytest
 
+from conftest import make_colour_folder, prune_classifier
 from detprune.cli import main
 from detprune.plugin.options import parse_options
 
@@ -14,21 +14,11 @@ from detprune.plugin.options import parse_options
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """train/ and val/ with two classes of 32x32 PNGs."""
-    root = tmp_path_factory.mktemp("cls")
-    rng = np.random.default_rng(1)
-    for split, n in (("train", 8), ("val", 4)):
-        for c, name in enumerate(("red", "blue")):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n // 2):
-                img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
-                img[..., 2 if c == 0 else 0] += 120
-                cv2.imwrite(str(root / split / name / f"{i}.png"), img)
-    return root
+    return make_colour_folder(tmp_path_factory.mktemp("cls"), {"train": 8, "val": 4})
 
 
 def prune(folder, out, *extra):
-    return main(["prune", "--model", "vgg16-cifar", "--width", "0.125", "--data", str(folder), "--out", str(out),
-                 "--device", "cpu", "--batch-size", "4", "--latency-iters", "2", "--no-progress", "--no-plots", *extra])
+    return prune_classifier(folder, out, *extra, latency_iters=2)
 
 
 def test_prune_prints_the_report_as_json(folder, tmp_path, capsys):
@@ -52,20 +42,40 @@ def test_help_explains_the_flags(capsys):
     with pytest.raises(SystemExit):
         main(["prune", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--sparsity", "--sparsity-epochs", "--compensator", "--alpha", "--shortcut", "--finetune-epochs",
-                 "--epochs-dense", "--round-to", "--json", "pruned.pt", "report.json"):
+    for flag in (
+        "--sparsity",
+        "--sparsity-epochs",
+        "--compensator",
+        "--alpha",
+        "--shortcut",
+        "--finetune-epochs",
+        "--epochs-dense",
+        "--round-to",
+        "--json",
+        "pruned.pt",
+        "report.json",
+    ):
         assert flag in text
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--pruner", "slimmin"], "detprune: error: unknown pruner 'slimmin'."),
-    (["--ratio", "1.5"], "detprune prune: error: argument --ratio: 1.5 is not in [0, 1] (see detprune prune --help)"),
-    (["--ratio", "1"], "detprune: error: --ratio must be in [0, 1), the fraction of channels removed; got 1.0"),
-    (["--pruner-opt", "criterion"], "detprune: error: --pruner-opt expects KEY=VALUE, e.g. images=64, got 'criterion'"),
-    (["--criterion", "nope"], "detprune: error: unknown criterion 'nope'."),
-    (["--compensator", "nope"], "detprune: error: unknown compensator 'nope'."),
-    (["--shortcut", "union"], "detprune: error: pruner 'oneshot' takes no option 'shortcut' (--shortcut union)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--pruner", "slimmin"], "detprune: error: unknown pruner 'slimmin'."),
+        (
+            ["--ratio", "1.5"],
+            "detprune prune: error: argument --ratio: 1.5 is not in [0, 1] (see detprune prune --help)",
+        ),
+        (["--ratio", "1"], "detprune: error: --ratio must be in [0, 1), the fraction of channels removed; got 1.0"),
+        (
+            ["--pruner-opt", "criterion"],
+            "detprune: error: --pruner-opt expects KEY=VALUE, e.g. images=64, got 'criterion'",
+        ),
+        (["--criterion", "nope"], "detprune: error: unknown criterion 'nope'."),
+        (["--compensator", "nope"], "detprune: error: unknown compensator 'nope'."),
+        (["--shortcut", "union"], "detprune: error: pruner 'oneshot' takes no option 'shortcut' (--shortcut union)"),
+    ],
+)
 def test_user_errors_are_one_line(folder, tmp_path, capsys, extra, message):
     assert prune(folder, tmp_path / "e", *extra) == 2
     err = capsys.readouterr().err.strip()
@@ -73,14 +83,21 @@ def test_user_errors_are_one_line(folder, tmp_path, capsys, extra, message):
 
 
 def test_missing_data_folder_is_one_line(tmp_path, capsys):
-    assert main(["prune", "--model", "vgg16-cifar", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["prune", "--model", "vgg16-cifar", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nowhere" in err
 
 
 def test_parse_options_reads_json_values():
     assert parse_options(["s=1e-4", "shortcut-width=mean", "flag=true", "sizes=[1, 2]"], "--pruner-opt") == {
-        "s": 1e-4, "shortcut_width": "mean", "flag": True, "sizes": [1, 2]}
+        "s": 1e-4,
+        "shortcut_width": "mean",
+        "flag": True,
+        "sizes": [1, 2],
+    }
 
 
 def test_a_data_driven_pruner_gets_the_training_split_without_training(folder, tmp_path):

@@ -1,13 +1,14 @@
 """Built-in criteria l1 / l2: registered through the entry point, faithful per-filter norms,
 per-layer normalisation averaged over a group's producers."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from zoo import build
 
 import detprune
 from detprune.graph import trace
+from zoo import build
 
 
 @pytest.mark.parametrize("name,p", [("l1", 1), ("l2", 2)])

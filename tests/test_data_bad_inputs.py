@@ -1,6 +1,7 @@
 """Bad dataset inputs end as one DataFormatError line naming file, entry and field - never a
 traceback (a 5000-digit integer, a category without id) and never silently wrong data (JSON
 ``true`` as id 1, two images with one id, a truncated JPEG decoded as a half-gray image)."""
+
 from __future__ import annotations
 
 import json
@@ -43,9 +44,11 @@ def _visdrone(root: Path, line: str) -> Path:
 
 def _coco(root: Path, **changes) -> Path:
     """A one-image COCO folder (``annotations/instances_val.json`` + ``val/a.jpg``); returns the JSON."""
-    data = {"images": [{"id": 25, "file_name": "a.jpg", "height": 96, "width": 128}],
-            "categories": [{"id": 3, "name": "car"}],
-            "annotations": [{"id": 7, "image_id": 25, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0}]}
+    data = {
+        "images": [{"id": 25, "file_name": "a.jpg", "height": 96, "width": 128}],
+        "categories": [{"id": 3, "name": "car"}],
+        "annotations": [{"id": 7, "image_id": 25, "category_id": 3, "bbox": [1, 2, 10, 20], "iscrowd": 0}],
+    }
     data.update(changes)
     _encoded(root / "val" / "a.jpg")
     ann = root / "annotations" / "instances_val.json"
@@ -69,10 +72,13 @@ def test_visdrone_value_over_int64_is_not_called_outside_the_image(tmp_path):
         VisDroneDataset(root)
 
 
-@pytest.mark.parametrize("category, message", [
-    ({"name": "car"}, "categories[0]: field 'id': missing"),
-    ({"id": 3}, "categories[0]: field 'name': missing"),
-])
+@pytest.mark.parametrize(
+    "category, message",
+    [
+        ({"name": "car"}, "categories[0]: field 'id': missing"),
+        ({"id": 3}, "categories[0]: field 'name': missing"),
+    ],
+)
 def test_coco_category_without_id_or_name(tmp_path, category, message):
     ann = _coco(tmp_path, categories=[category])
     with _raises(f"{ann}: {message}"):
@@ -96,18 +102,23 @@ def test_coco_duplicate_category_ids(tmp_path):
 
 def test_coco_class_name_of_two_categories(tmp_path):
     ann = _coco(tmp_path, categories=[{"id": 3, "name": "car"}, {"id": 4, "name": "car"}])
-    with _raises(f"{ann}: field 'categories': class 'car' of the card is the name of categories [3, 4]; "
-                 "map ids to names in the card's classes instead"):
+    with _raises(
+        f"{ann}: field 'categories': class 'car' of the card is the name of categories [3, 4]; "
+        "map ids to names in the card's classes instead"
+    ):
         CocoDataset(tmp_path / "val", ann, classes=["car"])
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("images", "id", True, "images[0]: field 'id': true is not an integer"),
-    ("categories", "id", False, "categories[0]: field 'id': false is not an integer"),
-    ("annotations", "id", True, "annotations[0] (id true): field 'id': true is not an integer"),
-    ("annotations", "image_id", True, "annotations[0] (id 7): field 'image_id': true is not an integer"),
-    ("annotations", "category_id", True, "annotations[0] (id 7): field 'category_id': true is not an integer"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("images", "id", True, "images[0]: field 'id': true is not an integer"),
+        ("categories", "id", False, "categories[0]: field 'id': false is not an integer"),
+        ("annotations", "id", True, "annotations[0] (id true): field 'id': true is not an integer"),
+        ("annotations", "image_id", True, "annotations[0] (id 7): field 'image_id': true is not an integer"),
+        ("annotations", "category_id", True, "annotations[0] (id 7): field 'category_id': true is not an integer"),
+    ],
+)
 def test_coco_json_booleans_are_not_ids(tmp_path, section, key, value, message):
     ann = _coco(tmp_path)
     data = json.loads(ann.read_text())
@@ -137,8 +148,10 @@ def test_card_integers_too_long_or_boolean(tmp_path):
 
 def test_card_generate_spec_is_checked(tmp_path):
     card = tmp_path / "card.yaml"
-    card.write_text("name: t\nformat: visdrone\nroot: gen\nsplits: {val: val}\nclasses: [a]\n"
-                    "generate: {seed: 0, size: [true, 64], images: {val: 1}}\n")
+    card.write_text(
+        "name: t\nformat: visdrone\nroot: gen\nsplits: {val: val}\nclasses: [a]\n"
+        "generate: {seed: 0, size: [true, 64], images: {val: 1}}\n"
+    )
     with _raises(f"{card}: field 'generate': size [True, 64] is not [width, height], each 64..8192"):
         load_card(card)
 
@@ -170,11 +183,15 @@ def test_truncated_image_fails_the_dataset_check(tmp_path):
     root = _visdrone(tmp_path, "1,1,5,5,1,1,0,0")
     data = (root / "images" / "a.jpg").read_bytes()
     (root / "images" / "a.jpg").write_bytes(data[: len(data) // 2])
-    with _raises("images/a.jpg: image is truncated or corrupt (JPEG data does not end with the end-of-image marker FF D9)"):
+    with _raises(
+        "images/a.jpg: image is truncated or corrupt (JPEG data does not end with the end-of-image marker FF D9)"
+    ):
         VisDroneDataset(root)
 
 
-@pytest.mark.parametrize("name", ["visdrone-sample", "coco128", "cifar10-sample", "hit-uav-thermal", "aerial-cars-drone"])
+@pytest.mark.parametrize(
+    "name", ["visdrone-sample", "coco128", "cifar10-sample", "hit-uav-thermal", "aerial-cars-drone"]
+)
 def test_real_sample_images_pass_the_truncation_check(shared_data, name):
     paths = sorted(p for p in (shared_data / name).rglob("*") if p.is_file() and is_image(p))
     assert paths

@@ -1,4 +1,5 @@
 """Dataset cards, layout detection, COCO JSON and image-folder datasets."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
 
+from conftest import REPO
 from detprune.data import build_dataset, load_card, make_loader
 from detprune.data.synthetic import DEFAULT_SPEC, GENERATOR_VERSION
 from detprune.errors import DataFormatError
@@ -56,14 +57,21 @@ def test_root_is_relative_to_the_card_and_env_expands(tmp_path, monkeypatch):
     assert load_card(_card(tmp_path, CARD.replace("root: data", "root: ${TINY_ROOT:-/nope}"))).root == Path("/nope")
 
 
-@pytest.mark.parametrize("old, new, message", [
-    ("format: visdrone", "format: voc", ":2: field 'format': 'voc' is not one of visdrone, coco, imagefolder"),
-    ("classes: [a, b]", "classes: []", ":6: field 'classes': must be a non-empty list"),
-    ("classes: [a, b]", "classes: [a, a]", ":6: field 'classes': class names repeat"),
-    ("ignore: [0, 11]", "ignore: zero", ":7: field 'ignore': must be a list of category ids"),
-    ("name: tiny\n", "", ": field 'name' is missing"),
-    ("format: visdrone", "format: visdrone\ntask: classification", ":3: field 'task': 'classification' does not match"),
-])
+@pytest.mark.parametrize(
+    "old, new, message",
+    [
+        ("format: visdrone", "format: voc", ":2: field 'format': 'voc' is not one of visdrone, coco, imagefolder"),
+        ("classes: [a, b]", "classes: []", ":6: field 'classes': must be a non-empty list"),
+        ("classes: [a, b]", "classes: [a, a]", ":6: field 'classes': class names repeat"),
+        ("ignore: [0, 11]", "ignore: zero", ":7: field 'ignore': must be a list of category ids"),
+        ("name: tiny\n", "", ": field 'name' is missing"),
+        (
+            "format: visdrone",
+            "format: visdrone\ntask: classification",
+            ":3: field 'task': 'classification' does not match",
+        ),
+    ],
+)
 def test_card_errors_name_file_line_and_field(tmp_path, old, new, message):
     p = _card(tmp_path, CARD.replace(old, new))
     with pytest.raises(DataFormatError) as err:
@@ -86,7 +94,9 @@ def test_unknown_keys_are_kept_for_plugins(tmp_path):
 def test_split_resolution(tmp_path):
     card = load_card(_card(tmp_path, CARD.replace("  val: val", "  VisDrone2019-DET-val: v\n  train: t")))
     assert card.resolve_split("val") == "VisDrone2019-DET-val" and card.resolve_split("train") == "train"
-    with pytest.raises(DataFormatError, match=r"field 'splits': no split 'test'; this dataset has: VisDrone2019-DET-val, train"):
+    with pytest.raises(
+        DataFormatError, match=r"field 'splits': no split 'test'; this dataset has: VisDrone2019-DET-val, train"
+    ):
         card.resolve_split("test")
 
 
@@ -114,9 +124,11 @@ def test_coco128_through_a_folder(shared_data):
 def test_coco_json_errors_name_the_entry(tmp_path):
     (tmp_path / "imgs").mkdir()
     cv2.imwrite(str(tmp_path / "imgs" / "a.jpg"), np.zeros((20, 30, 3), np.uint8))
-    data = {"images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 30}],
-            "categories": [{"id": 5, "name": "thing"}],
-            "annotations": [{"id": 7, "image_id": 1, "category_id": 5, "bbox": [1, 2, "3", 4], "iscrowd": 0}]}
+    data = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 20, "width": 30}],
+        "categories": [{"id": 5, "name": "thing"}],
+        "annotations": [{"id": 7, "image_id": 1, "category_id": 5, "bbox": [1, 2, "3", 4], "iscrowd": 0}],
+    }
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(data))
     from detprune.data.coco import CocoDataset
@@ -145,7 +157,9 @@ def test_image_folder_class_mismatch_is_an_error(tmp_path):
         (tmp_path / "train" / c).mkdir(parents=True)
         cv2.imwrite(str(tmp_path / "train" / c / "0.png"), np.zeros((8, 8, 3), np.uint8))
     p = _card(tmp_path, "name: pets\nformat: imagefolder\nroot: .\nsplits: {train: train}\nclasses: [cat, dog, fox]\n")
-    with pytest.raises(DataFormatError, match=r"class folders do not match the classes; missing: \['fox'\]; not a class: \['eel'\]"):
+    with pytest.raises(
+        DataFormatError, match=r"class folders do not match the classes; missing: \['fox'\]; not a class: \['eel'\]"
+    ):
         build_dataset(p, split="train")
 
 

@@ -1,5 +1,6 @@
 """Fuzzing the VisDrone parser: any file either parses to valid boxes or raises DataFormatError
 naming ``file:line``; lenient mode never raises on text and accounts for every line."""
+
 from __future__ import annotations
 
 import re
@@ -23,9 +24,16 @@ field = st.one_of(
     st.sampled_from(["", " 3", "3 ", "+4", "1.5", "1e3", "0x1f", "nan", "--1", "٣", "1_0", "\t7", "9" * 30]),
     st.text(max_size=4),
 )
-valid = st.tuples(st.integers(0, 1900), st.integers(0, 1000), st.integers(0, 120), st.integers(0, 120),
-                  st.integers(0, 1), st.integers(0, 11), st.integers(0, 1), st.integers(0, 2)).map(
-    lambda t: ",".join(map(str, t)))
+valid = st.tuples(
+    st.integers(0, 1900),
+    st.integers(0, 1000),
+    st.integers(0, 120),
+    st.integers(0, 120),
+    st.integers(0, 1),
+    st.integers(0, 11),
+    st.integers(0, 1),
+    st.integers(0, 2),
+).map(lambda t: ",".join(map(str, t)))
 line = st.one_of(
     valid,
     st.lists(field, min_size=0, max_size=10).map(",".join),  # any number of odd fields

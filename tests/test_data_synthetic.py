@@ -1,4 +1,5 @@
 """The synthetic drone set: deterministic, valid VisDrone, all classes, cached generation."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -37,7 +38,7 @@ def test_loads_strictly_through_the_visdrone_loader(synth_dir):
     ds = VisDroneDataset(synth_dir, img_size=320)  # strict: every line valid, every box inside its image
     rep = ds.report
     assert len(ds) == 24 and not rep.has_losses
-    labels = Counter(int(l) for r in ds.records for l in r.labels)
+    labels = Counter(int(label) for r in ds.records for label in r.labels)
     assert set(labels) == set(range(10))  # all ten classes occur
     assert labels[3] == max(labels.values())  # cars are the most common, as in VisDrone
     assert rep.ignored_regions > 0 and rep.not_targets[11] > 0
@@ -46,8 +47,12 @@ def test_loads_strictly_through_the_visdrone_loader(synth_dir):
 
 
 def test_objects_are_learnable_sizes_with_occlusion_and_truncation(synth_dir):
-    rows = np.concatenate([np.loadtxt(f, delimiter=",", ndmin=2, dtype=np.int64)
-                           for f in sorted((synth_dir / "annotations").glob("*.txt"))])
+    rows = np.concatenate(
+        [
+            np.loadtxt(f, delimiter=",", ndmin=2, dtype=np.int64)
+            for f in sorted((synth_dir / "annotations").glob("*.txt"))
+        ]
+    )
     objects = rows[(rows[:, 5] >= 1) & (rows[:, 5] <= 10)]
     assert 15 <= len(objects) / 24 <= 45  # dense scenes, like VisDrone
     short_side = np.minimum(objects[:, 2], objects[:, 3])
@@ -88,9 +93,11 @@ def test_ensure_default_uses_the_cache_env(tmp_path, monkeypatch):
 
 def test_card_with_generate_key_makes_its_data(tmp_path):
     p = tmp_path / "syn.yaml"
-    p.write_text("name: s\nformat: visdrone\nroot: out\nsplits: {train: train}\n"
-                 "classes: [pedestrian, people, bicycle, car, van, truck, tricycle, awning-tricycle, bus, motor]\n"
-                 "generate: {seed: 2, size: [256, 192], images: {train: 2}}\n")
+    p.write_text(
+        "name: s\nformat: visdrone\nroot: out\nsplits: {train: train}\n"
+        "classes: [pedestrian, people, bicycle, car, van, truck, tricycle, awning-tricycle, bus, motor]\n"
+        "generate: {seed: 2, size: [256, 192], images: {train: 2}}\n"
+    )
     card = load_card(p)
     assert len(build_dataset(card, split="train")) == 2
 

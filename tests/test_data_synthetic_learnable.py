@@ -2,6 +2,7 @@
 100 steps (batch 8, input 256, ~3 epochs of the default train split) must score a clearly non-zero
 mAP@0.5 on its val split. Guards the generator against changes that make objects unlearnable.
 Uses the built-in CenterNet loss and decoder (objects as points, stride 4)."""
+
 from __future__ import annotations
 
 import pytest

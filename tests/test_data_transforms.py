@@ -1,4 +1,5 @@
 """Boxes survive the albumentations pipelines; letterbox metas map predictions back exactly."""
+
 from __future__ import annotations
 
 import cv2
@@ -25,7 +26,7 @@ def _white_box(image: torch.Tensor, box) -> tuple[float, float, float, float]:
     """Bounding box of bright pixels inside a slightly grown region around ``box``."""
     m = image.mean(0).numpy() > 0.75
     x1, y1, x2, y2 = (int(round(v)) for v in box)
-    sub = m[max(0, y1 - 3):y2 + 3, max(0, x1 - 3):x2 + 3]
+    sub = m[max(0, y1 - 3) : y2 + 3, max(0, x1 - 3) : x2 + 3]
     ys, xs = np.nonzero(sub)
     ox, oy = max(0, x1 - 3), max(0, y1 - 3)
     return ox + xs.min(), oy + ys.min(), ox + xs.max() + 1, oy + ys.max() + 1
@@ -42,7 +43,11 @@ def test_eval_letterbox_round_trip(h, w):
     assert lb.scale == pytest.approx(320 / max(h, w))
     # the frame of the image lands on the non-gray area, padding is centred
     px, py = lb.pad
-    assert min(px, py) == 0 and abs(px + lb.scale_xy[0] * w + px - 320) <= 1 and abs(2 * py + lb.scale_xy[1] * h - 320) <= 1
+    assert (
+        min(px, py) == 0
+        and abs(px + lb.scale_xy[0] * w + px - 320) <= 1
+        and abs(2 * py + lb.scale_xy[1] * h - 320) <= 1
+    )
 
 
 def test_eval_boxes_sit_on_the_drawn_objects():
@@ -88,8 +93,14 @@ def test_classification_transform_shapes_and_range():
 
 
 def test_collate_detection_keeps_variable_box_counts():
-    samples = [(torch.zeros(3, 8, 8), {"boxes": torch.zeros(n, 4), "labels": torch.zeros(n, dtype=torch.long)},
-                {"image_id": i}) for i, n in enumerate([0, 3, 1])]
+    samples = [
+        (
+            torch.zeros(3, 8, 8),
+            {"boxes": torch.zeros(n, 4), "labels": torch.zeros(n, dtype=torch.long)},
+            {"image_id": i},
+        )
+        for i, n in enumerate([0, 3, 1])
+    ]
     images, targets, metas = collate_detection(samples)
     assert images.shape == (3, 3, 8, 8)
     assert [len(t["boxes"]) for t in targets] == [0, 3, 1] and [m["image_id"] for m in metas] == [0, 1, 2]

@@ -1,4 +1,5 @@
 """VisDrone annotation parsing: exact errors, real quirks, and counts of the official files."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -40,20 +41,29 @@ def test_zero_height_box_is_dropped_and_counted():
     assert "dropped zero-size boxes: 1" in rep.summary()
 
 
-@pytest.mark.parametrize("line, message", [
-    ("1,2,3,4,1,12,0,0", "field 'category': 12 is outside 0..11"),
-    ("1,2,3,4,1,-1,0,0", "field 'category': -1 is outside 0..11"),
-    ("1,2,3,4,1,4,0", "expected 8 comma-separated fields (left,top,width,height,score,category,truncation,occlusion), got 7"),
-    ("1,2,3,4,1,4,0,0,0", "expected 8 comma-separated fields (left,top,width,height,score,category,truncation,occlusion), got 9"),
-    ("1,2,3.5,4,1,4,0,0", "field 'width': '3.5' is not an integer"),
-    ("1,2,3,x,1,4,0,0", "field 'height': 'x' is not an integer"),
-    ("1,2,-3,4,1,4,0,0", "field 'width': -3 is negative"),
-    ("1,2,3,-4,1,4,0,0", "field 'height': -4 is negative"),
-    ("-1,2,3,4,1,4,0,0", "field 'left': -1 is outside the image (negative)"),
-    ("1,2,3,4,2,4,0,0", "field 'score': 2 is outside 0..1"),
-    ("1,2,3,4,1,4,2,0", "field 'truncation': 2 is outside 0..1"),
-    ("1,2,3,4,1,4,0,3", "field 'occlusion': 3 is outside 0..2"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("1,2,3,4,1,12,0,0", "field 'category': 12 is outside 0..11"),
+        ("1,2,3,4,1,-1,0,0", "field 'category': -1 is outside 0..11"),
+        (
+            "1,2,3,4,1,4,0",
+            "expected 8 comma-separated fields (left,top,width,height,score,category,truncation,occlusion), got 7",
+        ),
+        (
+            "1,2,3,4,1,4,0,0,0",
+            "expected 8 comma-separated fields (left,top,width,height,score,category,truncation,occlusion), got 9",
+        ),
+        ("1,2,3.5,4,1,4,0,0", "field 'width': '3.5' is not an integer"),
+        ("1,2,3,x,1,4,0,0", "field 'height': 'x' is not an integer"),
+        ("1,2,-3,4,1,4,0,0", "field 'width': -3 is negative"),
+        ("1,2,3,-4,1,4,0,0", "field 'height': -4 is negative"),
+        ("-1,2,3,4,1,4,0,0", "field 'left': -1 is outside the image (negative)"),
+        ("1,2,3,4,2,4,0,0", "field 'score': 2 is outside 0..1"),
+        ("1,2,3,4,1,4,2,0", "field 'truncation': 2 is outside 0..1"),
+        ("1,2,3,4,1,4,0,3", "field 'occlusion': 3 is outside 0..2"),
+    ],
+)
 def test_malformed_line_names_file_line_and_field(line, message):
     text = "871,572,54,92,1,4,0,1\n" * 16 + line + "\n"
     with pytest.raises(DataFormatError) as err:
@@ -74,9 +84,11 @@ def test_lenient_skips_and_lists_bad_lines():
     rep = DataReport()
     rows = parse("1,2,3,4,1,4,0,0\n1,2,3,4,1,99,0,0\nbad\n5,6,7,8,1,1,0,0\n", lenient=True, report=rep)
     assert rows[:, 0].tolist() == [1, 5]
-    assert rep.skipped == [f"{NAME}:2: field 'category': 99 is outside 0..11",
-                           f"{NAME}:3: expected 8 comma-separated fields (left,top,width,height,score,category,"
-                           "truncation,occlusion), got 1"]
+    assert rep.skipped == [
+        f"{NAME}:2: field 'category': 99 is outside 0..11",
+        f"{NAME}:3: expected 8 comma-separated fields (left,top,width,height,score,category,"
+        "truncation,occlusion), got 1",
+    ]
 
 
 def test_crlf_and_blank_lines_keep_line_numbers(tmp_path):
@@ -107,7 +119,9 @@ def test_dataset_errors_name_the_file_relative_to_the_split(tmp_path):
     _write_split(tmp_path, {"a": "1,2,3,4,1,4,0,0\n", "b": "1,2,3,4,1,4,0,0\n70,2,30,4,1,4,0,0\n"})
     with pytest.raises(DataFormatError) as err:
         VisDroneDataset(tmp_path)
-    assert str(err.value) == "annotations/b.txt:2: field 'width': box right edge 70+30=100 is outside the image width 80"
+    assert (
+        str(err.value) == "annotations/b.txt:2: field 'width': box right edge 70+30=100 is outside the image width 80"
+    )
 
 
 def test_missing_image_and_missing_annotation_are_named(tmp_path):
@@ -153,8 +167,9 @@ def _file_counts(folder: Path) -> tuple[int, Counter]:
     return lines, cats
 
 
-@pytest.mark.parametrize("split, n_files, n_boxes", [
-    ("VisDrone2019-DET-val", 548, 40169), ("VisDrone2019-DET-test-dev", 1610, 77547)])
+@pytest.mark.parametrize(
+    "split, n_files, n_boxes", [("VisDrone2019-DET-val", 548, 40169), ("VisDrone2019-DET-test-dev", 1610, 77547)]
+)
 def test_official_val_and_test_dev_counts_match_the_files(shared_data, split, n_files, n_boxes):
     folder = shared_data / "visdrone-annotations" / split
     ds = VisDroneDataset(folder)  # annotations only: nothing dropped, nothing malformed
@@ -189,7 +204,7 @@ def test_visdrone_sample_with_images(shared_data):
     sizes = {r.path.name: r.size for r in ds.records}
     assert sizes["0000364_01765_d_0000782.jpg"] == (540, 960) and sizes["0000068_00001_d_0000001.jpg"] == (765, 1360)
     image, target, meta = ds[0]
-    assert image.shape == (3, 608, 608) and 0 <= float(image.min()) and float(image.max()) <= 1
+    assert image.shape == (3, 608, 608) and float(image.min()) >= 0 and float(image.max()) <= 1
     assert len(target["boxes"]) == len(ds.records[0].boxes) and target["boxes"].shape[1] == 4
     assert meta["orig_size"] == (1080, 1920) and meta["pad"] == (0.0, 133.0)
 

@@ -1,5 +1,6 @@
 """``detprune demo``: the table, the cache key, side-by-side latency, and (slow) the quick demo end to
 end through the console script, twice, the second run reusing the cached dense model."""
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,28 @@ def test_side_by_side_latency_measures_every_model_in_rounds():
 
 
 def test_table_shows_kept_fractions_and_where_the_dense_model_came_from():
-    rows = [{"name": "dense", "params": 1000, "flops": 4000, "latency_ms": 2.0, "map50": 0.5},
-            {"name": "NS", "params": 400, "flops": 2000, "latency_ms": 1.5, "map50": 0.4, "map50_before_finetune": 0.1},
-            {"name": "NS+sketch", "params": 250, "flops": 1000, "latency_ms": 1.0, "map50": 0.45,
-             "map50_before_finetune": 0.2}]
-    text = demo.table({"rows": rows, "dense_model_reused": True, "dense_model": "/c/dense.pt", "device": "cpu",
-                       "seconds": 12.0, "runs": {"NS": "o/ns", "NS+sketch": "o/ns-sketch"}})
+    rows = [
+        {"name": "dense", "params": 1000, "flops": 4000, "latency_ms": 2.0, "map50": 0.5},
+        {"name": "NS", "params": 400, "flops": 2000, "latency_ms": 1.5, "map50": 0.4, "map50_before_finetune": 0.1},
+        {
+            "name": "NS+sketch",
+            "params": 250,
+            "flops": 1000,
+            "latency_ms": 1.0,
+            "map50": 0.45,
+            "map50_before_finetune": 0.2,
+        },
+    ]
+    text = demo.table(
+        {
+            "rows": rows,
+            "dense_model_reused": True,
+            "dense_model": "/c/dense.pt",
+            "device": "cpu",
+            "seconds": 12.0,
+            "runs": {"NS": "o/ns", "NS+sketch": "o/ns-sketch"},
+        }
+    )
     lines = text.splitlines()
     assert lines[1].split() == ["dense", "1,000", "4,000", "2.00", "0.5000"]
     assert lines[3].split() == ["NS+sketch", "250", "(25%)", "1,000", "(25%)", "1.00", "(50%)", "0.4500", "0.2000"]
@@ -54,7 +71,17 @@ def test_demo_refuses_to_run_without_its_plugins(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_quick_demo_json_end_to_end_and_the_second_run_reuses_the_dense_model(tmp_path):
     env = {**os.environ, "DETPRUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "detprune.cli", "demo", "--json", "--quick", "--no-progress", "--out", str(tmp_path / "o")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "detprune.cli",
+        "demo",
+        "--json",
+        "--quick",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stderr[-2000:]
     result = json.loads(first.stdout)
@@ -78,9 +105,27 @@ def test_quick_demo_json_end_to_end_and_the_second_run_reuses_the_dense_model(tm
     # what `detprune eval --weights pruned.pt` scores is what the report says (anchors, width, depth from the recipe)
     for folder in ("ns", "ns-sketch"):
         report = json.loads((tmp_path / "o" / folder / "report.json").read_text())
-        scored = subprocess.run([sys.executable, "-m", "detprune.cli", "eval", "--model", "yolov3", "--weights",
-                                 str(tmp_path / "o" / folder / "pruned.pt"), "--data", report["data"]["card"],
-                                 "--json", "--device", "cpu"], env=env, capture_output=True, text=True, timeout=600)
+        scored = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "detprune.cli",
+                "eval",
+                "--model",
+                "yolov3",
+                "--weights",
+                str(tmp_path / "o" / folder / "pruned.pt"),
+                "--data",
+                report["data"]["card"],
+                "--json",
+                "--device",
+                "cpu",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert scored.returncode == 0, scored.stderr[-2000:]
         metrics = json.loads(scored.stdout)
         assert metrics["detections"] == report["pruned"]["metrics"]["detections"]

@@ -1,4 +1,5 @@
 """mAP through pycocotools: exact small cases, ignored regions, agreement with torchmetrics."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,14 +24,24 @@ def _dataset(records, classes=("a", "b")):
 
 
 def _rec(image_id, boxes, labels, ignore=(), ignore_labels=(), size=(100, 200)):
-    return ImageRecord(image_id, Path(f"img{image_id}.jpg"), size,
-                       np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64),
-                       np.asarray(ignore, np.float32).reshape(-1, 4), np.asarray(ignore_labels, np.int64))
+    return ImageRecord(
+        image_id,
+        Path(f"img{image_id}.jpg"),
+        size,
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(labels, np.int64),
+        np.asarray(ignore, np.float32).reshape(-1, 4),
+        np.asarray(ignore_labels, np.int64),
+    )
 
 
 def _pred(image_id, boxes, scores, labels):
-    return {"image_id": image_id, "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "scores": torch.tensor(scores), "labels": torch.tensor(labels)}
+    return {
+        "image_id": image_id,
+        "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "scores": torch.tensor(scores),
+        "labels": torch.tensor(labels),
+    }
 
 
 def test_hand_computed_average_precision():
@@ -107,13 +118,19 @@ def _jittered(ds, seed=0, drop=0.2):
     for r in ds.records:
         keep = rng.random(len(r.boxes)) > drop
         b = r.boxes[keep] + rng.normal(0, 3, (int(keep.sum()), 4))
-        labels = np.where(rng.random(int(keep.sum())) < 0.1, rng.integers(0, ds.num_classes, int(keep.sum())),
-                          r.labels[keep])
+        labels = np.where(
+            rng.random(int(keep.sum())) < 0.1, rng.integers(0, ds.num_classes, int(keep.sum())), r.labels[keep]
+        )
         fp = rng.uniform(0, 300, (5, 2))
         b = np.concatenate([b, np.concatenate([fp, fp + 20], 1)]).astype(np.float32)
-        preds.append({"image_id": r.image_id, "boxes": torch.from_numpy(b),
-                      "scores": torch.from_numpy(rng.random(len(b)).astype(np.float32)),
-                      "labels": torch.from_numpy(np.concatenate([labels, rng.integers(0, ds.num_classes, 5)]))})
+        preds.append(
+            {
+                "image_id": r.image_id,
+                "boxes": torch.from_numpy(b),
+                "scores": torch.from_numpy(rng.random(len(b)).astype(np.float32)),
+                "labels": torch.from_numpy(np.concatenate([labels, rng.integers(0, ds.num_classes, 5)])),
+            }
+        )
     return preds
 
 
@@ -121,20 +138,29 @@ def _torchmetrics(ds, preds, max_dets):
     from torchmetrics.detection import MeanAveragePrecision
 
     # pycocotools' own thresholds (torchmetrics' defaults are float32 linspaces: 0.51 -> 0.50999999)
-    m = MeanAveragePrecision(iou_type="bbox", backend="pycocotools", max_detection_thresholds=[1, 10, max_dets],
-                             iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
-                             rec_thresholds=np.linspace(0.0, 1.0, 101).tolist())
+    m = MeanAveragePrecision(
+        iou_type="bbox",
+        backend="pycocotools",
+        max_detection_thresholds=[1, 10, max_dets],
+        iou_thresholds=np.linspace(0.5, 0.95, 10).tolist(),
+        rec_thresholds=np.linspace(0.0, 1.0, 101).tolist(),
+    )
     m.warn_on_many_detections = False
     targets = []
     for r in ds.records:
         crowd_b, crowd_l = [], []
-        for b, l in zip(r.ignore, r.ignore_labels):
-            labs = range(ds.num_classes) if l == ALL_CLASSES else [int(l)]
+        for b, label in zip(r.ignore, r.ignore_labels):
+            labs = range(ds.num_classes) if label == ALL_CLASSES else [int(label)]
             crowd_b += [b] * len(labs)
             crowd_l += list(labs)
         boxes = np.concatenate([r.boxes, np.asarray(crowd_b, np.float32).reshape(-1, 4)])
-        targets.append({"boxes": torch.from_numpy(boxes), "labels": torch.tensor(r.labels.tolist() + crowd_l),
-                        "iscrowd": torch.tensor([0] * len(r.boxes) + [1] * len(crowd_l))})
+        targets.append(
+            {
+                "boxes": torch.from_numpy(boxes),
+                "labels": torch.tensor(r.labels.tolist() + crowd_l),
+                "iscrowd": torch.tensor([0] * len(r.boxes) + [1] * len(crowd_l)),
+            }
+        )
     by_id = {p["image_id"]: p for p in preds}
     m.update([{k: by_id[r.image_id][k] for k in ("boxes", "scores", "labels")} for r in ds.records], targets)
     return m.compute()
@@ -164,8 +190,10 @@ def test_agrees_with_torchmetrics_on_coco128_with_crowds(shared_data):
 
 def test_real_visdrone_val_ground_truth_scores_one(shared_data):
     ds = build_dataset(load_card(shared_data / "visdrone-annotations"), split="val")
-    preds = [{"image_id": r.image_id, "boxes": r.boxes, "scores": np.ones(len(r.boxes)), "labels": r.labels}
-             for r in ds.records]
+    preds = [
+        {"image_id": r.image_id, "boxes": r.boxes, "scores": np.ones(len(r.boxes)), "labels": r.labels}
+        for r in ds.records
+    ]
     r = evaluate_detections(preds, ds, iou_range=False)
     assert r["map50_500"] == 1.0 and all(v == 1.0 for v in r["per_class_500"].values())
     assert r["map50"] < 1.0  # val has images with more than 100 pedestrians/cars: maxDets 100 truncates
@@ -187,8 +215,13 @@ class FakeAdapter:
         for meta in metas:
             r = self.ds.records[meta["image_id"] - 1]
             n = len(r.boxes)
-            out.append({"boxes": torch.from_numpy(r.boxes), "labels": torch.from_numpy(r.labels),
-                        "scores": torch.linspace(1.0, 0.05, n) if n else torch.zeros(0)})
+            out.append(
+                {
+                    "boxes": torch.from_numpy(r.boxes),
+                    "labels": torch.from_numpy(r.labels),
+                    "scores": torch.linspace(1.0, 0.05, n) if n else torch.zeros(0),
+                }
+            )
         return out
 
 

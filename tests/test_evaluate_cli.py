@@ -1,4 +1,5 @@
 """``detprune eval`` and ``detprune data`` end to end, in process."""
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,18 @@ def test_eval_coco_results_json(split, tmp_path, capsys):
     res = json.loads(out)
     assert set(res) >= {"map50", "map50_500", "map", "per_class"}
     assert res["map50"] == pytest.approx(1.0, abs=1e-9) and res["map50_500"] == pytest.approx(1.0, abs=1e-9)
-    assert set(res["per_class"]) == {"pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle",
-                                     "awning-tricycle", "bus", "motor"}
+    assert set(res["per_class"]) == {
+        "pedestrian",
+        "people",
+        "bicycle",
+        "car",
+        "van",
+        "truck",
+        "tricycle",
+        "awning-tricycle",
+        "bus",
+        "motor",
+    }
     assert res["skipped_categories"] == {"11": 1} and "skipped detections in categories" in err
 
 
@@ -90,8 +101,21 @@ def test_eval_text_report(split, tmp_path, capsys):
 
 
 def test_data_synth_and_check(tmp_path, capsys):
-    code, out, _ = _run(capsys, "data", "synth", "--out", str(tmp_path / "d"), "--images", "3", "--val", "2",
-                        "--seed", "4", "--size", "256x192")
+    code, out, _ = _run(
+        capsys,
+        "data",
+        "synth",
+        "--out",
+        str(tmp_path / "d"),
+        "--images",
+        "3",
+        "--val",
+        "2",
+        "--seed",
+        "4",
+        "--size",
+        "256x192",
+    )
     assert code == 0 and (tmp_path / "d" / "synthetic.yaml").is_file()
     code, out, _ = _run(capsys, "data", "check", "--data", str(tmp_path / "d" / "synthetic.yaml"), "--json")
     info = json.loads(out)
@@ -101,7 +125,10 @@ def test_data_synth_and_check(tmp_path, capsys):
     victim.write_text(victim.read_text() + "1,2,3,4,1,12,0,0\n")
     n = len(victim.read_text().splitlines())
     code, _, err = _run(capsys, "data", "check", "--data", str(tmp_path / "d" / "synthetic.yaml"))
-    assert code == 2 and err == f"detprune: error: val/annotations/{victim.name}:{n}: field 'category': 12 is outside 0..11\n"
+    assert (
+        code == 2
+        and err == f"detprune: error: val/annotations/{victim.name}:{n}: field 'category': 12 is outside 0..11\n"
+    )
     code, out, _ = _run(capsys, "data", "check", "--data", str(tmp_path / "d" / "synthetic.yaml"), "--lenient")
     assert code == 0 and "skipped malformed lines: 1" in out
     code, _, err = _run(capsys, "data", "synth", "--out", str(tmp_path / "e"), "--images", "1", "--size", "big")
@@ -153,13 +180,27 @@ def test_eval_model_with_state_dict_and_checkpoint(split, tmp_path, capsys):
         torch.save(state, tmp_path / "w.pt")
         torch.save({"model": state, "epoch": 3}, tmp_path / "ckpt.pt")
         for w in ("w.pt", "ckpt.pt"):
-            code, out, err = _run(capsys, "eval", "--model", "gt-oracle", "--weights", str(tmp_path / w),
-                                  "--data", str(split), "--img-size", "128", "--json", "--device", "cpu")
+            code, out, err = _run(
+                capsys,
+                "eval",
+                "--model",
+                "gt-oracle",
+                "--weights",
+                str(tmp_path / w),
+                "--data",
+                str(split),
+                "--img-size",
+                "128",
+                "--json",
+                "--device",
+                "cpu",
+            )
             assert code == 0, err
             assert json.loads(out)["map50_500"] == pytest.approx(1.0, abs=1e-9)
         torch.save({"conv.weight": torch.zeros(5, 3, 1, 1)}, tmp_path / "wrong.pt")
-        code, _, err = _run(capsys, "eval", "--model", "gt-oracle", "--weights", str(tmp_path / "wrong.pt"),
-                            "--data", str(split))
+        code, _, err = _run(
+            capsys, "eval", "--model", "gt-oracle", "--weights", str(tmp_path / "wrong.pt"), "--data", str(split)
+        )
         assert code == 2 and "weights do not fit model" in err and err.count("\n") == 1
     finally:
         host.pm.unregister(name="test-gt-oracle")

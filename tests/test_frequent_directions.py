@@ -1,8 +1,12 @@
 """Frequent Directions and the exact sketch (research/algorithms.md 6.2 and 6.6)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from detprune_plugins.sketch.frequent_directions import (
     frequent_directions,
     gram_gap,
@@ -13,8 +17,6 @@ from detprune_plugins.sketch.frequent_directions import (
     svd_sketch,
     thin_svd,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 
 def _decaying(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -24,7 +26,9 @@ def _decaying(n: int, d: int, seed: int = 0) -> torch.Tensor:
 
 def _low_rank(n: int, d: int, rank: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, rank, generator=g, dtype=torch.float64) @ torch.randn(rank, d, generator=g, dtype=torch.float64)
+    return torch.randn(n, rank, generator=g, dtype=torch.float64) @ torch.randn(
+        rank, d, generator=g, dtype=torch.float64
+    )
 
 
 def _fd_bound(A: torch.Tensor, ell: int) -> float:
@@ -118,8 +122,11 @@ def test_rebase_factors_error_matches_the_gram_gap():
     assert err == pytest.approx(expected, rel=1e-7)
 
 
-@pytest.mark.parametrize("A", [_decaying(40, 300, seed=8), _low_rank(60, 50, 20, seed=9), _decaying(90, 20, seed=10)],
-                         ids=["wide", "rank-deficient", "tall"])
+@pytest.mark.parametrize(
+    "A",
+    [_decaying(40, 300, seed=8), _low_rank(60, 50, 20, seed=9), _decaying(90, 20, seed=10)],
+    ids=["wide", "rank-deficient", "tall"],
+)
 def test_q_is_the_minimum_norm_solution(A):
     """Cholesky on the normal equations when A has independent rows, SVD otherwise: both give B A^+."""
     B = sketch(A, 10, "fd")

@@ -1,12 +1,13 @@
 """detprune.prune: one call from a dense model to a smaller, checked one."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from zoo import YoloToy, build, out_channels, run
 
 import detprune
 from detprune.errors import GraphError, UnknownPluginError
+from zoo import YoloToy, build, out_channels, run
 
 
 def test_prune_returns_a_smaller_copy_with_the_outputs_shapes():
@@ -16,7 +17,13 @@ def test_prune_returns_a_smaller_copy_with_the_outputs_shapes():
     assert result.model is not model and result.dense is model
     assert result.params_after < 0.45 * result.params_before
     assert [t.shape for t in run(model, (x,))] == [t.shape for t in run(result.model, (x,))]
-    assert result.plan.meta == {"ratio": 0.5, "round_to": 4, "global_ranking": False, "min_keep": 0.0, "criterion": "l1"}
+    assert result.plan.meta == {
+        "ratio": 0.5,
+        "round_to": 4,
+        "global_ranking": False,
+        "min_keep": 0.0,
+        "criterion": "l1",
+    }
     for name in ("head_big", "head_small"):  # outputs keep their channels without being listed
         assert out_channels(result.model.get_submodule(name)) == 24
     assert all(len(k) % 4 == 0 for k in result.plan.kept.values() if len(k) > 1)
@@ -34,7 +41,7 @@ def test_criterion_objects_protection_and_inplace():
     assert result.model is model and result.dense is None
     assert model.b1[0].out_channels == 4 and model.b2[0][0].out_channels == 3
     with pytest.raises(ValueError, match="the dense model is not available"):
-        result.flops_before
+        _ = result.flops_before
 
 
 def test_unknown_criterion_and_bad_inputs():

@@ -1,15 +1,16 @@
 """The groups the engine finds: exact coupling on each pattern, fixed channels with reasons,
 protected modules, leaves, clear errors, deterministic ids."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from zoo import build, run
 
 from detprune.errors import GraphError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
+from zoo import build, run
 
 
 def _by_producers(graph):
@@ -34,7 +35,12 @@ def test_residual_streams_couple_every_producer_of_a_stage():
     for s in s1.slots:  # every member sees the stream's channels in the same order
         assert s.index.tolist() == list(range(8)) and s.channel.tolist() == list(range(8))
     singles = [g for g in graph.prunable_groups() if len(g.producers) == 1]
-    assert {g.modules("out")[0] for g in singles} == {"layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.1.conv1"}
+    assert {g.modules("out")[0] for g in singles} == {
+        "layer1.0.conv1",
+        "layer1.1.conv1",
+        "layer2.0.conv1",
+        "layer2.1.conv1",
+    }
 
 
 def test_concat_consumers_see_each_group_at_its_offset():
@@ -153,9 +159,14 @@ class GramNet(nn.Module):
 
 def test_unknown_op_names_op_and_module_and_the_leaf_way_out():
     model, x = GramNet().eval(), torch.randn(2, 3, 8, 8)
-    with pytest.raises(GraphError, match=(r"cannot follow channels through 'matmul' in module 'gram': no rule maps its "
-                                          r"channels \(got tensor\[2, 4, 64\], tensor\[2, 64, 4\]\)\. Mark that module as a "
-                                          r"leaf to keep its channels: trace\(\.\.\., leaves=\('gram',\)\)")):
+    with pytest.raises(
+        GraphError,
+        match=(
+            r"cannot follow channels through 'matmul' in module 'gram': no rule maps its "
+            r"channels \(got tensor\[2, 4, 64\], tensor\[2, 64, 4\]\)\. Mark that module as a "
+            r"leaf to keep its channels: trace\(\.\.\., leaves=\('gram',\)\)"
+        ),
+    ):
         trace(model, x)
     graph = trace(model, x, leaves=("gram",))
     conv2 = _by_producers(graph)[frozenset({"conv2"})]
@@ -183,8 +194,13 @@ def test_every_position_of_every_module_axis_is_covered_once():
         for role, ids in (("out", rec.out), ("in", rec.inp), ("through", rec.through)):
             if ids is None:
                 continue
-            seen = sorted(i for g in graph.groups for s in g.slots if s.module == rec.name and s.role == role
-                          for i in s.index.tolist())
+            seen = sorted(
+                i
+                for g in graph.groups
+                for s in g.slots
+                if s.module == rec.name and s.role == role
+                for i in s.index.tolist()
+            )
             assert seen == list(range(len(ids))), (rec.name, role)
 
 

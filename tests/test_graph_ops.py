@@ -1,5 +1,6 @@
 """Op coverage: every channel rule of the vocabulary, each in a tiny model proven by
 "zero the removed channels, prune them, compare" (float64) and checked for what it fixes."""
+
 from __future__ import annotations
 
 import copy
@@ -8,17 +9,20 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from zoo import run, zero_removed
 
 from detprune.graph import trace
 from detprune.graph.planner import validate
+from zoo import run, zero_removed
 
 OPS = {
     # name: (function of a [N, 8, H, W] feature map -> something the head can read, head in-channels)
     "pixel_shuffle": (lambda y: F.pixel_shuffle(y, 2), 2),
     "pixel_unshuffle": (lambda y: F.pixel_unshuffle(y, 2), 32),
     "native_channel_shuffle": (lambda y: F.channel_shuffle(y, 2), 8),
-    "view_shuffle_4": (lambda y: y.view(y.shape[0], 4, y.shape[1] // 4, *y.shape[2:]).transpose(1, 2).reshape(y.shape), 8),
+    "view_shuffle_4": (
+        lambda y: y.view(y.shape[0], 4, y.shape[1] // 4, *y.shape[2:]).transpose(1, 2).reshape(y.shape),
+        8,
+    ),
     "narrow_spatial": (lambda y: y.narrow(2, 1, 4), 8),
     "select_then_stack": (lambda y: torch.stack([y.select(2, 0), y.select(2, 1)], 2), 8),
     "index_select_spatial": (lambda y: y.index_select(3, torch.tensor([0, 2, 3])), 8),
@@ -32,7 +36,10 @@ OPS = {
     "max_over_space": (lambda y: y.amax((2, 3), keepdim=True) + y, 8),
     "where_relu": (lambda y: torch.where(y > 0, y, 0.1 * y), 8),
     "setitem_spatial": (lambda y: _set_corner(y), 8),
-    "interpolate_cat": (lambda y: torch.cat([F.interpolate(y, scale_factor=2.0), F.interpolate(y, scale_factor=2.0)], 1), 16),
+    "interpolate_cat": (
+        lambda y: torch.cat([F.interpolate(y, scale_factor=2.0), F.interpolate(y, scale_factor=2.0)], 1),
+        16,
+    ),
     "sum_of_halves": (lambda y: y.view(y.shape[0], 2, y.shape[1] // 2, *y.shape[2:]).sum(1), 4),
     "permute_linear": (lambda y: y.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), 8),
 }
@@ -78,14 +85,21 @@ def test_op_prunes_equivalently(name):
     assert (a.id in plan.kept) == a.prunable
 
 
-@pytest.mark.parametrize("name,fn,why", [
-    ("slice", lambda y: torch.cat([y[:, 2:], y[:, :2]], 1), "'getitem' takes channels at fixed positions"),
-    ("split_sizes", lambda y: torch.cat(torch.split(y, [5, 3], 1), 1), "'split' into fixed sizes [5, 3]"),
-    ("unbind", lambda y: torch.stack(y.unbind(1), 1), "'unbind' of the channel axis"),
-    ("cumsum", lambda y: y.cumsum(1), "'cumsum' along the channel axis"),
-    ("index_select", lambda y: y.index_select(1, torch.arange(8)), "'index_select' picks channels"),
-    ("random_noise", lambda y: y + torch.ones(1, 8, 1, 1), "combined with a tensor of fixed channel count by 'add'"),
-])
+@pytest.mark.parametrize(
+    "name,fn,why",
+    [
+        ("slice", lambda y: torch.cat([y[:, 2:], y[:, :2]], 1), "'getitem' takes channels at fixed positions"),
+        ("split_sizes", lambda y: torch.cat(torch.split(y, [5, 3], 1), 1), "'split' into fixed sizes [5, 3]"),
+        ("unbind", lambda y: torch.stack(y.unbind(1), 1), "'unbind' of the channel axis"),
+        ("cumsum", lambda y: y.cumsum(1), "'cumsum' along the channel axis"),
+        ("index_select", lambda y: y.index_select(1, torch.arange(8)), "'index_select' picks channels"),
+        (
+            "random_noise",
+            lambda y: y + torch.ones(1, 8, 1, 1),
+            "combined with a tensor of fixed channel count by 'add'",
+        ),
+    ],
+)
 def test_ops_that_fix_channels_say_why(name, fn, why):
     model = OpNet(fn, 8).eval()
     graph = trace(model, torch.randn(1, 3, 8, 8))

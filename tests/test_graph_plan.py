@@ -1,5 +1,6 @@
 """The planner: ratios, round_to, min_keep, global ranking, constraints; and a property test on
 random graphs (residual adds, concats, chunks, depthwise convs, channel shuffles)."""
+
 from __future__ import annotations
 
 import copy
@@ -10,11 +11,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
-from zoo import build, run, zero_removed
 
 from detprune.errors import GraphError
 from detprune.graph import trace
 from detprune.graph.planner import validate
+from zoo import build, run, zero_removed
 
 
 def _ranked(graph):
@@ -97,12 +98,14 @@ class RandomNet(nn.Module):
         self.program = program
         self.convs = nn.ModuleDict()
         c = [4]
-        for k, (op, a, b, w) in enumerate(program):
+        for k, (op, a, _b, w) in enumerate(program):
             if op == "conv":
                 self.convs[str(k)] = nn.Sequential(nn.Conv2d(c[a], w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU())
                 c.append(w)
             elif op == "dw":
-                self.convs[str(k)] = nn.Sequential(nn.Conv2d(c[a], c[a], 3, padding=1, groups=c[a]), nn.BatchNorm2d(c[a]))
+                self.convs[str(k)] = nn.Sequential(
+                    nn.Conv2d(c[a], c[a], 3, padding=1, groups=c[a]), nn.BatchNorm2d(c[a])
+                )
                 c.append(c[a])
             else:
                 c.append(widths[k + 1])
@@ -138,16 +141,20 @@ def programs(draw):
         a = draw(st.integers(0, len(widths) - 1))
         if op == "conv":
             w = draw(st.sampled_from([2, 4, 6, 8]))
-            program.append(("conv", a, 0, w)); widths.append(w)  # noqa: E702
+            program.append(("conv", a, 0, w))
+            widths.append(w)  # noqa: E702
         elif op == "dw" and a > 0:
-            program.append(("dw", a, 0, 0)); widths.append(widths[a])  # noqa: E702
+            program.append(("dw", a, 0, 0))
+            widths.append(widths[a])  # noqa: E702
         elif op in ("add", "mul"):
             same = [j for j, w in enumerate(widths) if w == widths[a] and j > 0]
             if a > 0 and same:
-                program.append((op, a, draw(st.sampled_from(same)), 0)); widths.append(widths[a])  # noqa: E702
+                program.append((op, a, draw(st.sampled_from(same)), 0))
+                widths.append(widths[a])  # noqa: E702
         elif op == "cat" and a > 0:
             b = draw(st.integers(1, len(widths) - 1))
-            program.append(("cat", a, b, 0)); widths.append(widths[a] + widths[b])  # noqa: E702
+            program.append(("cat", a, b, 0))
+            widths.append(widths[a] + widths[b])  # noqa: E702
         elif op in ("chunk", "shuffle") and a > 0 and widths[a] % 2 == 0 and widths[a] >= 4:
             program.append((op, a, draw(st.integers(0, 1)), 0))
             widths.append(widths[a] // 2 if op == "chunk" else widths[a])

@@ -4,6 +4,7 @@
 * zero exactly the channels a plan removes, then prune them: outputs equal within 1e-10 (float64);
 * producers lose exactly the planned channels, output shapes never change, params drop.
 """
+
 from __future__ import annotations
 
 import copy
@@ -11,6 +12,11 @@ import copy
 import pytest
 import torch
 from torch import nn
+
+import detprune
+from detprune.errors import GraphError
+from detprune.graph import trace
+from detprune.graph.plan import PruningPlan
 from zoo import (
     NOT_EXACT_AFTER_ZEROING,
     TOYS,
@@ -20,11 +26,6 @@ from zoo import (
     run,
     zero_removed,
 )
-
-import detprune
-from detprune.errors import GraphError
-from detprune.graph import trace
-from detprune.graph.plan import PruningPlan
 
 
 def _l1_plan(model, graph, ratio=0.4, **kw):
@@ -89,7 +90,9 @@ def test_chunk_pieces_keep_equal_counts():
     g = next(g for g in graph.groups if "c2f.cv1.0" in g.modules("out"))
     what, blocks = g.blocks[0]
     assert "chunk" in what and [len(b) for b in blocks] == [16, 16]
-    with pytest.raises(GraphError, match=r"plan keeps \[16, 15\] channels in the blocks of the 2 equal pieces of 'chunk'"):
+    with pytest.raises(
+        GraphError, match=r"plan keeps \[16, 15\] channels in the blocks of the 2 equal pieces of 'chunk'"
+    ):
         graph.apply(model, PruningPlan({g.id: torch.arange(31)}))
     plan = _l1_plan(model, graph, ratio=0.5)
     pruned = graph.apply(model, plan)
@@ -123,7 +126,9 @@ def test_broken_surgery_is_bisected_to_the_group_and_module():
     gid_a = next(g.id for g in graph.groups if g.modules("out") == ["a"])
     gid_b = next(g.id for g in graph.groups if g.modules("out") == ["b"])
     plan = PruningPlan({gid_a: torch.arange(6), gid_b: torch.arange(6)})
-    with pytest.raises(GraphError, match=rf"pruning group {gid_b} \(size 8, producers b\) breaks the forward pass: RuntimeError"):
+    with pytest.raises(
+        GraphError, match=rf"pruning group {gid_b} \(size 8, producers b\) breaks the forward pass: RuntimeError"
+    ):
         graph.apply(model, plan)
 
 
@@ -131,7 +136,9 @@ def test_invalid_plans_are_refused_with_the_group_named():
     model, x = build("pad_shortcut")
     graph = trace(model, x)
     out = next(g for g in graph.groups if "fc" in g.modules("out"))
-    with pytest.raises(GraphError, match=rf"plan prunes group {out.id}, which cannot be pruned: reaches model output 0"):
+    with pytest.raises(
+        GraphError, match=rf"plan prunes group {out.id}, which cannot be pruned: reaches model output 0"
+    ):
         graph.apply(model, PruningPlan({out.id: torch.tensor([0])}))
     with pytest.raises(GraphError, match=r"plan names group 999"):
         graph.apply(model, PruningPlan({999: torch.tensor([0])}))
@@ -139,7 +146,11 @@ def test_invalid_plans_are_refused_with_the_group_named():
     assert int(stream.fixed.sum()) == 8  # the 8 zero-padded channels
     pad = int(stream.fixed.nonzero()[0])
     keep = torch.tensor([c for c in range(stream.size) if c != pad])
-    with pytest.raises(GraphError, match=rf"plan removes channel {pad} of group {stream.id}, which must stay: zero channels added by F.pad in the model's forward"):
+    with pytest.raises(
+        GraphError,
+        match=rf"plan removes channel {pad} of group {stream.id}, which must stay: "
+        r"zero channels added by F.pad in the model's forward",
+    ):
         graph.apply(model, PruningPlan({stream.id: keep}))
 
 

@@ -5,6 +5,7 @@ and then pruning them leaves the logits unchanged (float64, relative 1e-8); ever
 exactly its planned channels; output shapes are unchanged; parameters drop. vgg16_bn runs with
 ``-m slow``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,16 +14,31 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from zoo import out_channels, randomize_norms, removed_per_producer, run, zero_removed
 
 import detprune
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
+from zoo import out_channels, randomize_norms, removed_per_producer, run, zero_removed
 
-FAST = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0", "densenet121",
-        "googlenet", "inception_v3", "regnet_y_400mf", "resnext50_32x4d", "squeezenet1_1", "efficientnet_b0"]
+FAST = [
+    "resnet18",
+    "resnet50",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "shufflenet_v2_x1_0",
+    "densenet121",
+    "googlenet",
+    "inception_v3",
+    "regnet_y_400mf",
+    "resnext50_32x4d",
+    "squeezenet1_1",
+    "efficientnet_b0",
+]
 SLOW = ["vgg16_bn"]  # 120M parameters in float64, copied three times: ~10 s here
-EXTRA = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False, "init_weights": True}}
+EXTRA = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
 
 
 def make(name: str) -> tuple[nn.Module, tuple[torch.Tensor]]:

@@ -1,14 +1,15 @@
 """The plugin host: loading, conflicts, broken plugins, unknown names (issue: foundation)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-from plugin_fixtures import entry_points, make_dist
 
 from detprune.errors import BrokenPluginError, PluginConflictError, UnknownPluginError
 from detprune.plugin import host as host_mod
 from detprune.plugin.host import PluginHost
+from plugin_fixtures import entry_points, make_dist
 
 CRIT_A = '''
 import detprune
@@ -54,12 +55,12 @@ def detprune_model_adapters():
     return {"net": Net}
 '''
 
-IMPORT_FAILS = '''
+IMPORT_FAILS = """
 import detprune
 import a_module_that_does_not_exist
-'''
+"""
 
-HOOK_RAISES = '''
+HOOK_RAISES = """
 import detprune
 
 @detprune.hookimpl
@@ -73,7 +74,7 @@ class Fine:
 @detprune.hookimpl
 def detprune_model_adapters():
     return {"fine": Fine}
-'''
+"""
 
 
 def _host(tmp_path, monkeypatch, *dists) -> PluginHost:
@@ -95,7 +96,12 @@ def test_names_and_factories_are_registered(tmp_path, monkeypatch):
 
 
 def test_duplicate_name_is_an_error_naming_both_distributions(tmp_path, monkeypatch):
-    h = _host(tmp_path, monkeypatch, ("crit-a", "1.0", "crit_a_mod", CRIT_A), ("crit-b", "0.3", "crit_b_mod", CRIT_B_SAME_NAME))
+    h = _host(
+        tmp_path,
+        monkeypatch,
+        ("crit-a", "1.0", "crit_a_mod", CRIT_A),
+        ("crit-b", "0.3", "crit_b_mod", CRIT_B_SAME_NAME),
+    )
     with pytest.raises(PluginConflictError) as err:
         h.get("criterion", "l1")
     assert str(err.value) == (
@@ -108,7 +114,12 @@ def test_duplicate_name_is_an_error_naming_both_distributions(tmp_path, monkeypa
 
 
 def test_plugin_that_fails_to_import_does_not_stop_the_others(tmp_path, monkeypatch):
-    h = _host(tmp_path, monkeypatch, ("crit-a", "1.0", "crit_a_mod", CRIT_A), ("bad-import", "0.1", "bad_import_mod", IMPORT_FAILS))
+    h = _host(
+        tmp_path,
+        monkeypatch,
+        ("crit-a", "1.0", "crit_a_mod", CRIT_A),
+        ("bad-import", "0.1", "bad_import_mod", IMPORT_FAILS),
+    )
     assert h.names("criterion") == ["l1", "l2"]
     [broken] = h.broken
     assert broken.stage == "import"
@@ -123,7 +134,9 @@ def test_plugin_that_fails_to_import_does_not_stop_the_others(tmp_path, monkeypa
 
 
 def test_plugin_that_raises_in_its_hook_is_isolated(tmp_path, monkeypatch):
-    h = _host(tmp_path, monkeypatch, ("crit-a", "1.0", "crit_a_mod", CRIT_A), ("raiser", "0.2", "raiser_mod", HOOK_RAISES))
+    h = _host(
+        tmp_path, monkeypatch, ("crit-a", "1.0", "crit_a_mod", CRIT_A), ("raiser", "0.2", "raiser_mod", HOOK_RAISES)
+    )
     assert h.names("criterion") == ["l1", "l2"]
     assert h.names("adapter") == ["fine"]  # the same plugin's other hook still works
     [broken] = h.broken
@@ -170,8 +183,10 @@ def test_in_process_registration():
         def detprune_pruners(self):
             class Keep:
                 """Keep everything."""
+
                 def plan(self, model, graph, ctx):
                     return None
+
             return {"keep": Keep}
 
     h = PluginHost()
@@ -195,7 +210,8 @@ def test_cli_lists_plugins_broken_ones_and_conflicts(tmp_path, monkeypatch, caps
     from detprune.cli import main
 
     h = _host(
-        tmp_path, monkeypatch,
+        tmp_path,
+        monkeypatch,
         ("crit-a", "1.0", "crit_a_mod", CRIT_A),
         ("crit-b", "0.3", "crit_b_mod", CRIT_B_SAME_NAME),
         ("bad-import", "0.1", "bad_import_mod", IMPORT_FAILS),
@@ -250,8 +266,10 @@ def test_a_missing_required_method_is_reported_at_load_naming_plugin_and_distrib
     assert h.names("criterion") == ["whole"]
     with pytest.raises(BrokenPluginError) as err:
         h.get("criterion", "half")
-    assert ("plugin 'crit-half' (distribution 'crit-half 0.3') raised in detprune_criteria(): "
-            "criterion 'half' (crit_half_mod.Half) does not define 'score'") in str(err.value)
+    assert (
+        "plugin 'crit-half' (distribution 'crit-half 0.3') raised in detprune_criteria(): "
+        "criterion 'half' (crit_half_mod.Half) does not define 'score'"
+    ) in str(err.value)
 
 
 def test_a_duck_typed_pruner_gets_the_lifecycle_no_ops(tmp_path, monkeypatch):
@@ -259,6 +277,7 @@ def test_a_duck_typed_pruner_gets_the_lifecycle_no_ops(tmp_path, monkeypatch):
 
     class Plain:
         """Only plan."""
+
         report = "mine"
 
         def plan(self, model, graph, ctx):
@@ -271,3 +290,32 @@ def test_a_duck_typed_pruner_gets_the_lifecycle_no_ops(tmp_path, monkeypatch):
     assert pruner.on_after_step(None) is None and pruner.state_dict() is None and pruner.report == "mine"
     pruner.history = [1]
     assert pruner._inner.history == [1]
+
+
+def test_plugins_name_shows_each_option_with_its_flag_and_doc(capsys):
+    from detprune.cli import main
+
+    assert main(["plugins", "sketch"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("compensator 'sketch' from ")
+    assert "  alpha (default 0.3; --alpha): compensate a group when a producer's layer prune ratio exceeds it" in out
+    assert "  mode (default 'fd'; --compensator-opt mode=...): the sketch: ``fd``" in out
+    assert main(["plugins", "slimmin"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "detprune: error: no plugin is named 'slimmin'. Did you mean 'slimming'? `detprune plugins` lists them all"
+    )
+
+
+def test_every_built_in_option_is_documented():
+    """A method's options are documented by the plugin itself (`detprune plugins NAME` prints them)."""
+    import detprune
+    from detprune.plugin.describe import options
+
+    undocumented = [
+        f"{e.kind} {e.name}: {o.name}"
+        for e in detprune.plugins().entries()
+        if e.plugin.dist == "detprune"
+        for o in options(e.kind, e.factory)
+        if not o.doc
+    ]
+    assert undocumented == []

@@ -1,6 +1,7 @@
 """The package layers of docs/internals.md hold: each layer imports only the layers below it, the
 library never imports the CLI, the core never imports the built-in plugins, and no module imports
 itself back through others (function-local imports included)."""
+
 from __future__ import annotations
 
 import ast
@@ -44,8 +45,12 @@ def layer(module: str) -> str:
 def _imports(path: Path) -> set[str]:
     """Every detprune module ``path`` imports, anywhere except under ``if TYPE_CHECKING:``."""
     tree = ast.parse(path.read_text())
-    skip = {id(n) for node in tree.body if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-            for n in ast.walk(node)}
+    skip = {
+        id(n)
+        for node in tree.body
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     found = set()
     for node in ast.walk(tree):
         if id(node) in skip:
@@ -83,7 +88,7 @@ def test_no_import_cycles():
 
     def visit(node: str, path: list[str]) -> None:
         if seen.get(node) == "open":
-            cycles.append(path[path.index(node):] + [node])
+            cycles.append(path[path.index(node) :] + [node])
             return
         if seen.get(node) == "done":
             return

@@ -1,18 +1,21 @@
 """Parameters, FLOPs (2·MAC via torch.utils.flop_counter) and latency measurement."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from zoo import SimpleCNN
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.eval.measure import Latency, count_flops, count_params, measure_latency
+from zoo import SimpleCNN
 
 
 def _net():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
 
 
 def test_params_and_flops_match_hand_counts():
@@ -40,7 +43,9 @@ def test_latency_is_a_median_of_timed_runs():
 
 
 def test_latency_modes_are_checked():
-    with pytest.raises(DetpruneError, match=r"unknown latency mode 'fast'; modes are: eager, compile, cuda-graph, onnxruntime"):
+    with pytest.raises(
+        DetpruneError, match=r"unknown latency mode 'fast'; modes are: eager, compile, cuda-graph, onnxruntime"
+    ):
         measure_latency(_net(), torch.rand(1, 3, 8, 8), mode="fast")
     with pytest.raises(DetpruneError, match=r"latency mode 'cuda-graph' needs a CUDA device"):
         measure_latency(_net(), torch.rand(1, 3, 8, 8), mode="cuda-graph", device="cpu")

@@ -1,11 +1,10 @@
 """The MFP pruner in the Trainer: per-epoch criterion switching by the meta-attribute (logged, plotted,
 checkpointed), soft masks that regrow, hard masks that stay, and a final plan that is the zeroed set."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from detprune_plugins.mfp.meta import loss as meta_loss
-from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 from test_train_support import TinyAdapter, colour_dataset
 
 import detprune
@@ -15,17 +14,19 @@ from detprune.plugin.context import PruneContext
 from detprune.training.checkpoint import load_checkpoint
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.mfp.meta import loss as meta_loss
+from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 
 FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
-
 
 
 def setup(ratio=0.5, **options):
     adapter = TinyAdapter()
     train = make_loader(colour_dataset(32, 1), 8, train=True, seed=0)
     val = make_loader(colour_dataset(16, 2), 8, train=False)
-    ctx = PruneContext(example_inputs=adapter.example_inputs(1), ratio=ratio, adapter=adapter,
-                       train_loader=train, val_loader=val)
+    ctx = PruneContext(
+        example_inputs=adapter.example_inputs(1), ratio=ratio, adapter=adapter, train_loader=train, val_loader=val
+    )
     pruner = MFP(progress=False, **options).bind(ctx)
     return adapter, adapter.build(), train, val, ctx, pruner
 
@@ -182,11 +183,17 @@ def test_user_errors_are_clear_messages(tmp_path):
         MFP().on_epoch_end(TinyAdapter().build(), 0)
     adapter = TinyAdapter()
     lonely = MFP().bind(PruneContext(example_inputs=adapter.example_inputs(1), adapter=adapter))
-    with pytest.raises(DetpruneError, match="mfp: meta='loss' needs held-out batches, but the bound PruneContext "
-                                            "has neither val_loader nor train_loader"):
+    with pytest.raises(
+        DetpruneError,
+        match="mfp: meta='loss' needs held-out batches, but the bound PruneContext "
+        "has neither val_loader nor train_loader",
+    ):
         lonely.on_epoch_end(adapter.build(), 0)
-    with pytest.raises(DetpruneError, match=r"mfp: the checkpoint's criterion 'cosine' is not among this run's "
-                                            r"criteria \['l1'\]"):
+    with pytest.raises(
+        DetpruneError,
+        match=r"mfp: the checkpoint's criterion 'cosine' is not among this run's "
+        r"criteria \['l1'\]",
+    ):
         MFP(criteria=["l1"]).load_state_dict({"criterion": "cosine"})
 
 
@@ -206,9 +213,23 @@ def test_pipeline_trip_binds_mfp_and_the_pruned_model_scores_as_the_soft_pruned_
                 img = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8)
                 img[..., 2 if c == 0 else 0] += 120
                 cv2.imwrite(str(tmp_path / "data" / split / name / f"{i}.png"), img)
-    res = run(PipelineConfig(model="vgg16-cifar", width=0.125, data=tmp_path / "data", out=tmp_path / "run",
-                             pruner="mfp", prune_epochs=2, ratio=0.4, batch_size=8, device="cpu", latency_iters=2,
-                             latency_warmup=1, progress=False, pruner_options={"criteria": ["l1", "cosine"]}))
+    res = run(
+        PipelineConfig(
+            model="vgg16-cifar",
+            width=0.125,
+            data=tmp_path / "data",
+            out=tmp_path / "run",
+            pruner="mfp",
+            prune_epochs=2,
+            ratio=0.4,
+            batch_size=8,
+            device="cpu",
+            latency_iters=2,
+            latency_warmup=1,
+            progress=False,
+            pruner_options={"criteria": ["l1", "cosine"]},
+        )
+    )
     assert (tmp_path / "run" / "mfp_criteria.png").exists()
     assert res.report["dense"]["metrics"]["top1"] == res.report["pruned"]["metrics"]["top1"]
     assert res.plan.meta["pruner"] == "mfp" and res.plan.meta["how"] == "the set zeroed at epoch 2"

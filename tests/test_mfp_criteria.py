@@ -1,17 +1,18 @@
 """MFP's distance criteria (minkowski-p1, minkowski-p2, cosine): equal to a direct scipy ``cdist``
 computation, concatenation across a residual group's producers, ε for zero filters, the redundant
 filter is the one that goes."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from detprune_plugins.criteria.distance import distance_sums, group_filter_matrix
 from scipy.spatial.distance import cdist
-from zoo import build
 
 import detprune
 from detprune.graph import trace
+from detprune_plugins.criteria.distance import distance_sums, group_filter_matrix
+from zoo import build
 
 SCIPY = {"minkowski-p1": "cityblock", "minkowski-p2": "euclidean", "cosine": "cosine"}
 
@@ -49,7 +50,6 @@ def test_residual_group_concatenates_each_channels_filters_across_producers(name
     got = detprune.plugins().criterion(name).score(model, g, None).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-4)
     assert group_filter_matrix(model, g).shape == (g.size, sum(b.shape[1] for b in blocks))
-
 
 
 def test_cosine_is_finite_for_an_all_zero_filter():

@@ -1,17 +1,18 @@
 """Soft-pruning masks: a model with a plan's channels zeroed computes what the physically pruned model
 computes (toys of every coupling pattern, ResNet-56 with its F.pad shortcut, YOLOv3), and the
 neighbour-network context restores the weights bit for bit."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
-from detprune_plugins.common.channel_mask import channel_mask
-from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, run
 
 import detprune
 from detprune.graph import trace
+from detprune_plugins.common.channel_mask import channel_mask
+from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, run
 
 
 def _plan(model, graph, criterion="l1", ratio=0.5):
@@ -68,10 +69,13 @@ def test_sfp_mask_without_bn_is_not_the_pruned_model():
     assert not torch.allclose(masked[0], run(graph.apply(model, plan), x)[0], atol=1e-3)
 
 
-@pytest.mark.parametrize("name,args", [
-    ("resnet56-cifar", dict(width=0.5)),  # option-A shortcut: F.pad zero channels stay fixed
-    ("yolov3", dict(num_classes=3, img_size=64, width=0.125, depth=0.34)),  # routes, upsample, LeakyReLU
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("resnet56-cifar", dict(width=0.5)),  # option-A shortcut: F.pad zero channels stay fixed
+        ("yolov3", dict(num_classes=3, img_size=64, width=0.125, depth=0.34)),  # routes, upsample, LeakyReLU
+    ],
+)
 def test_masked_equals_pruned_on_real_architectures(name, args):
     adapter = detprune.plugins().adapter(name, **args)
     model = adapter.build().eval()

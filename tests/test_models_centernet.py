@@ -1,4 +1,5 @@
 """CenterNet adapter: pinned size, targets equal to the reference code's, loss/backward, decoding."""
+
 from __future__ import annotations
 
 import math
@@ -6,6 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import detprune
+from detprune.errors import DetpruneError
 from detprune_plugins.models.centernet.decode import decode
 from detprune_plugins.models.centernet.loss import (
     build_targets,
@@ -13,10 +18,6 @@ from detprune_plugins.models.centernet.loss import (
     focal_loss,
     gaussian_radius,
 )
-from torch import nn
-
-import detprune
-from detprune.errors import DetpruneError
 
 
 def small(**kw):
@@ -25,32 +26,33 @@ def small(**kw):
 
 # ---- the reference (xingyizhou/CenterNet utils/image.py), transcribed to compare against ------------
 
+
 def ref_gaussian_radius(det_size, min_overlap=0.7):
     height, width = det_size
     a1, b1 = 1, height + width
     c1 = width * height * (1 - min_overlap) / (1 + min_overlap)
-    r1 = (b1 + np.sqrt(b1 ** 2 - 4 * a1 * c1)) / 2
+    r1 = (b1 + np.sqrt(b1**2 - 4 * a1 * c1)) / 2
     a2, b2 = 4, 2 * (height + width)
     c2 = (1 - min_overlap) * width * height
-    r2 = (b2 + np.sqrt(b2 ** 2 - 4 * a2 * c2)) / 2
+    r2 = (b2 + np.sqrt(b2**2 - 4 * a2 * c2)) / 2
     a3, b3 = 4 * min_overlap, -2 * min_overlap * (height + width)
     c3 = (min_overlap - 1) * width * height
-    r3 = (b3 + np.sqrt(b3 ** 2 - 4 * a3 * c3)) / 2
+    r3 = (b3 + np.sqrt(b3**2 - 4 * a3 * c3)) / 2
     return min(r1, r2, r3)
 
 
 def ref_draw_umich_gaussian(heatmap, center, radius):
     diameter = 2 * radius + 1
     m = (diameter - 1.0) / 2.0
-    y, x = np.ogrid[-m:m + 1, -m:m + 1]
+    y, x = np.ogrid[-m : m + 1, -m : m + 1]
     gaussian = np.exp(-(x * x + y * y) / (2 * (diameter / 6) ** 2))
     gaussian[gaussian < np.finfo(gaussian.dtype).eps * gaussian.max()] = 0
     x, y = int(center[0]), int(center[1])
     height, width = heatmap.shape[0:2]
     left, right = min(x, radius), min(width - x, radius + 1)
     top, bottom = min(y, radius), min(height - y, radius + 1)
-    masked_heatmap = heatmap[y - top:y + bottom, x - left:x + right]
-    masked_gaussian = gaussian[radius - top:radius + bottom, radius - left:radius + right]
+    masked_heatmap = heatmap[y - top : y + bottom, x - left : x + right]
+    masked_gaussian = gaussian[radius - top : radius + bottom, radius - left : radius + right]
     np.maximum(masked_heatmap, masked_gaussian, out=masked_heatmap)
 
 
@@ -76,6 +78,7 @@ def ref_targets(boxes, labels, nc, out_h, out_w):
 
 # ---- tests ------------------------------------------------------------------------------------------
 
+
 def test_parameter_count_is_pinned_for_res18_with_head_conv_64():
     with torch.device("meta"):
         model = detprune.plugins().adapter("centernet-resnet18", num_classes=10).build()
@@ -87,7 +90,10 @@ def test_architecture_is_msra_res18():
     model = a.build()
     deconvs = [m for m in model.deconv if isinstance(m, nn.ConvTranspose2d)]
     assert [(d.in_channels, d.out_channels, d.kernel_size, d.stride, d.padding) for d in deconvs] == [
-        (512, 256, (4, 4), (2, 2), (1, 1)), (256, 256, (4, 4), (2, 2), (1, 1)), (256, 256, (4, 4), (2, 2), (1, 1))]
+        (512, 256, (4, 4), (2, 2), (1, 1)),
+        (256, 256, (4, 4), (2, 2), (1, 1)),
+        (256, 256, (4, 4), (2, 2), (1, 1)),
+    ]
     assert a.protected(model) == ["hm.2", "wh.2", "reg.2"]
     assert [model.get_submodule(n).out_channels for n in a.protected(model)] == [10, 2, 2]
     assert torch.all(model.hm[2].bias == -2.19)
@@ -142,18 +148,22 @@ def test_no_object_cap_every_visdrone_scale_object_gets_a_target():
 def test_focal_loss_by_hand():
     gt = torch.tensor([[[[1.0, 0.5], [0.0, 0.0]]]])
     pred = torch.tensor([[[[0.8, 0.3], [0.1, 0.2]]]])
-    pos = math.log(0.8) * 0.2 ** 2
-    neg = math.log(0.7) * 0.3 ** 2 * 0.5 ** 4 + math.log(0.9) * 0.1 ** 2 + math.log(0.8) * 0.2 ** 2
+    pos = math.log(0.8) * 0.2**2
+    neg = math.log(0.7) * 0.3**2 * 0.5**4 + math.log(0.9) * 0.1**2 + math.log(0.8) * 0.2**2
     assert torch.isclose(focal_loss(pred, gt), torch.tensor(-(pos + neg)))
-    assert torch.isclose(focal_loss(pred, torch.zeros_like(gt)), torch.tensor(-(math.log(0.2) * 0.64 + math.log(0.7) * 0.09
-                                                                               + math.log(0.9) * 0.01 + math.log(0.8) * 0.04)))
+    assert torch.isclose(
+        focal_loss(pred, torch.zeros_like(gt)),
+        torch.tensor(-(math.log(0.2) * 0.64 + math.log(0.7) * 0.09 + math.log(0.9) * 0.01 + math.log(0.8) * 0.04)),
+    )
 
 
 def test_forward_loss_backward_on_cpu():
     a = small()
     model = a.build()
-    targets = [{"boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0], [70.0, 70.0, 120.0, 100.0]]), "labels": torch.tensor([1, 3])},
-               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 50.0, 60.0], [70.0, 70.0, 120.0, 100.0]]), "labels": torch.tensor([1, 3])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
     outs = model(torch.rand(2, 3, 128, 128))
     loss, parts = a.loss(outs, targets)
     loss.backward()
@@ -206,7 +216,11 @@ def test_decode_returns_up_to_max_det_peaks():
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(DetpruneError, match=r"adapter 'centernet-resnet18': radius must be 'cornernet' or 'fixed', got 'x'"):
+    with pytest.raises(
+        DetpruneError, match=r"adapter 'centernet-resnet18': radius must be 'cornernet' or 'fixed', got 'x'"
+    ):
         small(radius="x")
-    with pytest.raises(DetpruneError, match=r"adapter 'centernet-resnet18': img_size must be a multiple of 32, got 500"):
+    with pytest.raises(
+        DetpruneError, match=r"adapter 'centernet-resnet18': img_size must be a multiple of 32, got 500"
+    ):
         small(img_size=500)

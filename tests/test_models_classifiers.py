@@ -1,4 +1,5 @@
 """Classifier adapters: pinned parameter counts, forward/loss/backward, protected layers, errors."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,17 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name,args,expected", [
-    ("vgg16-cifar", {"num_classes": 10}, 14_724_042),  # seed 001 table 2: 14.72M
-    ("vgg16-cifar", {"num_classes": 100}, 14_770_212),  # 14.77M
-    ("resnet56-cifar", {}, 853_018),  # He et al. 2016 table 6: 0.85M
-    ("resnet56-cifar", {"shortcut": "B"}, 855_770),  # + 1x1 projections 16->32, 32->64 with BN
-    ("resnet18", {}, 11_689_512),
-    ("resnet50", {}, 25_557_032),
-])
+@pytest.mark.parametrize(
+    "name,args,expected",
+    [
+        ("vgg16-cifar", {"num_classes": 10}, 14_724_042),  # seed 001 table 2: 14.72M
+        ("vgg16-cifar", {"num_classes": 100}, 14_770_212),  # 14.77M
+        ("resnet56-cifar", {}, 853_018),  # He et al. 2016 table 6: 0.85M
+        ("resnet56-cifar", {"shortcut": "B"}, 855_770),  # + 1x1 projections 16->32, 32->64 with BN
+        ("resnet18", {}, 11_689_512),
+        ("resnet50", {}, 25_557_032),
+    ],
+)
 def test_parameter_counts_are_pinned(name, args, expected):
     with torch.device("meta"):
         model = adapter(name, **args).build()
@@ -44,13 +48,16 @@ def test_vgg16_cifar_layout_matches_network_slimming():
     assert torch.all(bn.weight == 0.5)  # network-slimming init (gamma 0.5)
 
 
-@pytest.mark.parametrize("name,args", [
-    ("vgg16-cifar", {"width": 0.25}),
-    ("resnet56-cifar", {"width": 0.5}),
-    ("resnet56-cifar", {"width": 0.5, "shortcut": "B"}),
-    ("resnet18", {"num_classes": 7, "img_size": 64}),
-    ("resnet50", {"num_classes": 7, "img_size": 64}),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("vgg16-cifar", {"width": 0.25}),
+        ("resnet56-cifar", {"width": 0.5}),
+        ("resnet56-cifar", {"width": 0.5, "shortcut": "B"}),
+        ("resnet18", {"num_classes": 7, "img_size": 64}),
+        ("resnet50", {"num_classes": 7, "img_size": 64}),
+    ],
+)
 def test_forward_loss_backward_on_cpu(name, args):
     a = adapter(name, **args)
     assert a.task == "classification"
@@ -100,7 +107,9 @@ def test_models_trace_with_torch_fx_and_have_no_inplace_activations(name):
 def test_bad_build_arguments_are_clear_errors():
     with pytest.raises(DetpruneError, match=r"adapter 'vgg16-cifar': num_classes must be a positive integer, got 0"):
         adapter("vgg16-cifar", num_classes=0)
-    with pytest.raises(DetpruneError, match=r"adapter 'vgg16-cifar': img_size must be a multiple of 32 \(five 2x pools\), got 40"):
+    with pytest.raises(
+        DetpruneError, match=r"adapter 'vgg16-cifar': img_size must be a multiple of 32 \(five 2x pools\), got 40"
+    ):
         adapter("vgg16-cifar", img_size=40)
     with pytest.raises(DetpruneError, match=r"adapter 'resnet56-cifar': shortcut must be 'A' or 'B', got 'C'"):
         adapter("resnet56-cifar", shortcut="C")

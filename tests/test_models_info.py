@@ -1,19 +1,10 @@
 """`detprune info`: parameters, FLOPs, prunable groups and protected layers of an adapter's model."""
+
 from __future__ import annotations
 
 import json
 
-import pytest
-
 from detprune.cli import main
-
-
-def _engine_ready() -> bool:
-    try:
-        from detprune.graph import trace  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_json_for_vgg16_cifar100(capsys):
@@ -23,13 +14,9 @@ def test_json_for_vgg16_cifar100(capsys):
     assert info["flops"] == 2 * 313_196_544 + 2 * 512 * 100  # 13 convs at 32x32 + the Linear, 2 x MAC
     assert info["protected"] == ["classifier"]
     assert info["args"] == {"num_classes": 100, "img_size": 32, "width": 1.0}
-    assert "groups" in info
-    if _engine_ready():
-        # 13 conv-BN groups; the Linear's output reaches the model output
-        assert info["groups"]["prunable"] == 13
-        assert info["groups"]["prunable_channels"] == 64 * 2 + 128 * 2 + 256 * 3 + 512 * 6
-    else:
-        assert info["groups"] is None
+    # 13 conv-BN groups; the Linear's output reaches the model output
+    assert info["groups"]["prunable"] == 13
+    assert info["groups"]["prunable_channels"] == 64 * 2 + 128 * 2 + 256 * 3 + 512 * 6
 
 
 def test_table_for_a_small_yolov3(capsys):
@@ -49,7 +36,6 @@ def test_unknown_model_and_bad_option_are_one_line_errors(capsys):
     assert "rejected its options {'depth': 0.5}" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not _engine_ready(), reason="the channel-dependency engine (detprune.graph.trace) has not landed")
 def test_groups_for_yolov3_full_depth(capsys):
     assert main(["info", "--model", "yolov3", "--width", "0.0625", "--img-size", "64", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

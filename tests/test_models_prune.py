@@ -5,6 +5,7 @@ SlimYOLOv3 derives by hand from the Darknet cfg (research/algorithms.md 7.1).
 
 These tests skip until ``detprune.graph.trace`` exists.
 """
+
 from __future__ import annotations
 
 import pytest

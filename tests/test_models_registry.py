@@ -1,5 +1,6 @@
 """The six built-in adapters are registered through entry points, meet the ModelAdapter protocol,
 and rebuild the same model from their JSON-serialised args (what a pruning recipe stores)."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,12 @@ import detprune
 from detprune.plugin.protocols import ModelAdapter
 
 NAMES = {
-    "vgg16-cifar": "classification", "resnet56-cifar": "classification", "resnet18": "classification",
-    "resnet50": "classification", "yolov3": "detection", "centernet-resnet18": "detection",
+    "vgg16-cifar": "classification",
+    "resnet56-cifar": "classification",
+    "resnet18": "classification",
+    "resnet50": "classification",
+    "yolov3": "detection",
+    "centernet-resnet18": "detection",
 }
 
 
@@ -27,9 +32,12 @@ def test_all_builtin_adapters_are_registered_by_detprune():
 
 @pytest.mark.parametrize("name", list(NAMES))
 def test_protocol_and_recipe_round_trip(name):
-    small = {"yolov3": {"width": 0.125, "depth": 0.34, "img_size": 64},
-             "centernet-resnet18": {"width": 0.125, "img_size": 64},
-             "resnet18": {"img_size": 64}, "resnet50": {"img_size": 64}}.get(name, {})
+    small = {
+        "yolov3": {"width": 0.125, "depth": 0.34, "img_size": 64},
+        "centernet-resnet18": {"width": 0.125, "img_size": 64},
+        "resnet18": {"img_size": 64},
+        "resnet50": {"img_size": 64},
+    }.get(name, {})
     a = detprune.plugins().adapter(name, **small)
     assert isinstance(a, ModelAdapter) and a.task == NAMES[name]
     stored = json.loads(json.dumps({"adapter": name, "args": a.args}))
@@ -39,4 +47,4 @@ def test_protocol_and_recipe_round_trip(name):
         sa, sb = a.build().state_dict(), b.build().state_dict()
     assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()}
     (x,) = a.example_inputs(3)
-    assert x.shape == (3, 3, a.args["img_size"], a.args["img_size"]) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert x.shape == (3, 3, a.args["img_size"], a.args["img_size"]) and float(x.min()) >= 0 and float(x.max()) <= 1

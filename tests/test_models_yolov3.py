@@ -1,4 +1,5 @@
 """YOLOv3 adapter: Darknet cfg twin, pinned size, loss/backward, target matching and decoding."""
+
 from __future__ import annotations
 
 import math
@@ -6,13 +7,13 @@ from collections import Counter
 
 import pytest
 import torch
-from detprune_plugins.models.yolov3.decode import decode
-from detprune_plugins.models.yolov3.loss import YOLOv3Loss
-from detprune_plugins.models.yolov3.model import DARKNET_ANCHORS, darknet_layers
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
+from detprune_plugins.models.yolov3.decode import decode
+from detprune_plugins.models.yolov3.loss import YOLOv3Loss
+from detprune_plugins.models.yolov3.model import DARKNET_ANCHORS, darknet_layers
 
 
 def small(**kw):
@@ -61,7 +62,10 @@ def test_blocks_are_conv_bn_leaky_and_outputs_are_protected():
         assert conv.bias is not None and conv.out_channels == 3 * (5 + 10) and conv.kernel_size == (1, 1)
     acts = [m for m in model.modules() if isinstance(m, nn.LeakyReLU)]
     assert acts and all(m.negative_slope == 0.1 and not m.inplace for m in acts)
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == sum(isinstance(m, nn.Conv2d) for m in model.modules()) - 3
+    assert (
+        sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        == sum(isinstance(m, nn.Conv2d) for m in model.modules()) - 3
+    )
 
 
 def _batch():
@@ -96,7 +100,9 @@ def test_labels_out_of_range_are_rejected():
     a = small(num_classes=3)
     outs = a.build()(torch.rand(1, 3, 128, 128))
     bad = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([3])}]
-    with pytest.raises(DetpruneError, match=r"target 0: labels must be 0-based class ids below num_classes=3, got \[3\]"):
+    with pytest.raises(
+        DetpruneError, match=r"target 0: labels must be 0-based class ids below num_classes=3, got \[3\]"
+    ):
         a.loss(outs, bad)
 
 
@@ -106,7 +112,9 @@ def test_anchor_matching_by_wh_ratio_and_by_iou():
     box = [{"boxes": torch.tensor([[40.0, 40.0, 70.0, 100.0]]), "labels": torch.tensor([0])}]  # w 30, h 60
     by_ratio = YOLOv3Loss(anchors, 10, match="ratio").build_targets(outs, box)
     # max side ratio < 4: 10x13 (60/13 = 4.6) and 156x198 (156/30 = 5.2) and 373x326 fail; 116x90 (3.9) passes
-    matched = sorted(int(m[a]) for (idx, _, _, _), m in zip(by_ratio, ((6, 7, 8), (3, 4, 5), (0, 1, 2))) for a in idx[1])
+    matched = sorted(
+        int(m[a]) for (idx, _, _, _), m in zip(by_ratio, ((6, 7, 8), (3, 4, 5), (0, 1, 2))) for a in idx[1]
+    )
     assert matched == [1, 2, 3, 4, 5, 6]
     by_iou = YOLOv3Loss(anchors, 10, match="iou").build_targets(outs, box)
     matched = sorted(int(m[a]) for (idx, _, _, _), m in zip(by_iou, ((6, 7, 8), (3, 4, 5), (0, 1, 2))) for a in idx[1])
@@ -133,7 +141,8 @@ def _encode(box, label, anchor_index, nc=10, img=128):
             logit = lambda v: math.log(v / (1 - v))  # noqa: E731
             aw, ah = DARKNET_ANCHORS[anchor_index]
             p[0, a, :, gj, gi] = torch.tensor(
-                [logit(cx - gi), logit(cy - gj), math.log(w / aw), math.log(h / ah), 30.0] + [-30.0] * nc)
+                [logit(cx - gi), logit(cy - gj), math.log(w / aw), math.log(h / ah), 30.0] + [-30.0] * nc
+            )
             p[0, a, 5 + label, gj, gi] = 30.0
         outs.append(p.view(1, 3 * (5 + nc), g, g))
     return outs
@@ -162,8 +171,14 @@ def test_decode_keeps_one_box_per_object_after_class_wise_nms_and_caps_max_det()
     anchors = [list(map(float, p)) for p in DARKNET_ANCHORS]
     outs = [o.clone() for o in _encode([26.0, 33.0, 150.0, 78.0], label=2, anchor_index=4)]
     twin = _encode([27.0, 33.0, 151.0, 78.0], label=2, anchor_index=5)  # same object, another anchor
-    merged = [torch.where(t.view(1, 3, 15, *t.shape[2:])[:, :, 4:5] > 0, t.view(1, 3, 15, *t.shape[2:]),
-                          o.view(1, 3, 15, *o.shape[2:])).view_as(o) for o, t in zip(outs, twin)]
+    merged = [
+        torch.where(
+            t.view(1, 3, 15, *t.shape[2:])[:, :, 4:5] > 0,
+            t.view(1, 3, 15, *t.shape[2:]),
+            o.view(1, 3, 15, *o.shape[2:]),
+        ).view_as(o)
+        for o, t in zip(outs, twin)
+    ]
     (det,) = decode(merged, anchors, 10, conf=0.1, nms_iou=0.5)
     assert len(det["boxes"]) == 1
     noisy = [torch.zeros_like(o) for o in outs]  # every cell and class scores 0.25
@@ -177,7 +192,9 @@ def test_loss_targets_and_decoder_agree():
     box = torch.tensor([[30.0, 40.0, 80.0, 76.0]])
     loss_fn = YOLOv3Loss(anchors, 10)
     outs = [torch.full((1, 3, 15, g, g), -30.0) for g in (4, 8, 16)]
-    built = loss_fn.build_targets([o.view(1, 45, *o.shape[3:]) for o in outs], [{"boxes": box, "labels": torch.tensor([4])}])
+    built = loss_fn.build_targets(
+        [o.view(1, 45, *o.shape[3:]) for o in outs], [{"boxes": box, "labels": torch.tensor([4])}]
+    )
     for p, ((b, a, gj, gi), tbox, anch, tcls) in zip(outs, built):
         for k in range(len(b)):
             xy = torch.logit(tbox[k, :2])

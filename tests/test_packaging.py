@@ -1,7 +1,9 @@
 """pyproject.toml names every package folder, and the built-ins ship as detprune_plugins."""
+
 from __future__ import annotations
 
 import tomllib
+
 from conftest import REPO
 
 

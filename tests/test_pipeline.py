@@ -1,6 +1,7 @@
 """detprune.pipeline.trip end to end on a tiny classifier and a tiny YOLOv3: the run folder, the report's
 documented keys, pruned.pt reproducing the pruned model through detprune.load and `detprune eval`,
 pruning a pruned model again, plugin callbacks and compensator chains, and flag errors."""
+
 from __future__ import annotations
 
 import json
@@ -8,16 +9,40 @@ import types
 
 import pytest
 import torch
-from conftest import make_colour_folder
 
 import detprune
+from conftest import make_colour_folder
 from detprune.errors import DetpruneError
 from detprune.eval.measure import count_params
 from detprune.pipeline.trip import PipelineConfig, run
 
-REPORT_KEYS = {"format", "model", "adapter_args", "task", "data", "pruner", "pruner_options", "criterion", "ratio",
-               "compensators", "compensator_options", "device", "metric", "dense", "pruned", "before_finetune", "kept",
-               "plan", "layers", "compensation", "training", "timings_s", "files", "config", "detprune_version"}
+REPORT_KEYS = {
+    "format",
+    "model",
+    "adapter_args",
+    "task",
+    "data",
+    "pruner",
+    "pruner_options",
+    "criterion",
+    "ratio",
+    "compensators",
+    "compensator_options",
+    "device",
+    "metric",
+    "dense",
+    "pruned",
+    "before_finetune",
+    "kept",
+    "plan",
+    "layers",
+    "compensation",
+    "training",
+    "timings_s",
+    "files",
+    "config",
+    "detprune_version",
+}
 STATS_KEYS = {"params", "flops", "latency_ms", "latency", "metrics"}
 
 
@@ -69,8 +94,16 @@ def recorder_plugins():
                 self.report = {"tag": tag, "alpha": alpha}
 
             def compensate(self, original, pruned, plan, ctx):
-                calls.append((tag, self.alpha, ctx.graph is not None, ctx.train_loader is not None,
-                              count_params(pruned) < count_params(original)))
+                calls.append(
+                    (
+                        tag,
+                        self.alpha,
+                        ctx.graph is not None,
+                        ctx.train_loader is not None,
+                        count_params(pruned) < count_params(original),
+                    )
+                )
+
         return Recorder
 
     class NoAlpha:
@@ -81,16 +114,28 @@ def recorder_plugins():
 
     plugin = types.SimpleNamespace(
         detprune_pruners=detprune.hookimpl(lambda: {"test-counting": CountingPruner}),
-        detprune_compensators=detprune.hookimpl(lambda: {"test-rec-a": recorder("a"), "test-rec-b": recorder("b"),
-                                                         "test-noalpha": NoAlpha}))
+        detprune_compensators=detprune.hookimpl(
+            lambda: {"test-rec-a": recorder("a"), "test-rec-b": recorder("b"), "test-noalpha": NoAlpha}
+        ),
+    )
     detprune.plugins().register(plugin, name="test-pipeline-plugins")
     yield calls
     detprune.plugins(reload=True)
 
 
 def cls_config(folder, out, **kw):
-    base = dict(model="vgg16-cifar", width=0.125, data=folder, out=out, ratio=0.5, batch_size=8, device="cpu",
-                latency_iters=2, latency_warmup=1, progress=False)
+    base = dict(
+        model="vgg16-cifar",
+        width=0.125,
+        data=folder,
+        out=out,
+        ratio=0.5,
+        batch_size=8,
+        device="cpu",
+        latency_iters=2,
+        latency_warmup=1,
+        progress=False,
+    )
     return PipelineConfig(**{**base, **kw})
 
 
@@ -123,17 +168,48 @@ def test_classifier_trip_writes_a_loadable_pruned_model_and_the_report(folder, t
     # ... and `detprune eval --weights DIR/pruned.pt` scores what the report says
     from detprune.cli import main
 
-    assert main(["eval", "--model", "vgg16-cifar", "--weights", str(out / "pruned.pt"), "--data", str(folder),
-                 "--device", "cpu", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                "vgg16-cifar",
+                "--weights",
+                str(out / "pruned.pt"),
+                "--data",
+                str(folder),
+                "--device",
+                "cpu",
+                "--json",
+            ]
+        )
+        == 0
+    )
     scored = json.loads(capsys.readouterr().out)
     assert scored["top1"] == pytest.approx(report["pruned"]["metrics"]["top1"])
 
 
 def test_tiny_yolov3_trip_on_visdrone_format_data(drones, tmp_path):
     out = tmp_path / "y3"
-    res = run(PipelineConfig(model="yolov3", data=drones, out=out, width=0.0625, model_args={"depth": 0.34},
-                             img_size=64, ratio=0.3, finetune_epochs=1, batch_size=3, device="cpu", optimizer="adamw",
-                             latency_iters=2, latency_warmup=1, progress=False, iou_range=False))
+    res = run(
+        PipelineConfig(
+            model="yolov3",
+            data=drones,
+            out=out,
+            width=0.0625,
+            model_args={"depth": 0.34},
+            img_size=64,
+            ratio=0.3,
+            finetune_epochs=1,
+            batch_size=3,
+            device="cpu",
+            optimizer="adamw",
+            latency_iters=2,
+            latency_warmup=1,
+            progress=False,
+            iou_range=False,
+        )
+    )
     r = res.report
     assert r["metric"] == "map50" and r["task"] == "detection"
     assert {"map50", "map50_500", "per_class"} <= set(r["pruned"]["metrics"])
@@ -161,32 +237,62 @@ def test_a_pruned_model_is_pruned_again_from_its_recipe(folder, tmp_path):
 
 
 def test_method_phase_runs_the_pruner_callbacks_and_compensators_chain_in_order(folder, tmp_path, recorder_plugins):
-    res = run(cls_config(folder, tmp_path / "m", pruner="test-counting", sparsity=1e-3, sparsity_epochs=2,
-                         compensators=["test-rec-b", "test-noalpha", "test-rec-a"], alpha=0.2))
+    res = run(
+        cls_config(
+            folder,
+            tmp_path / "m",
+            pruner="test-counting",
+            sparsity=1e-3,
+            sparsity_epochs=2,
+            compensators=["test-rec-b", "test-noalpha", "test-rec-a"],
+            alpha=0.2,
+        )
+    )
     steps = 2 * 2  # 16 training images, batch 8, two epochs
     assert recorder_plugins[:steps] == [("backward", 1e-3)] * steps
     assert recorder_plugins[steps] == ("plan", steps, [0, 1])
-    assert recorder_plugins[steps + 1:] == [("b", 0.2, True, True, True), ("noalpha",), ("a", 0.2, True, True, True)]
-    assert res.report["compensation"] == {"test-rec-b": {"tag": "b", "alpha": 0.2}, "test-noalpha": None,
-                                          "test-rec-a": {"tag": "a", "alpha": 0.2}}
-    assert res.report["compensator_options"] == {"test-rec-b": {"alpha": 0.2}, "test-noalpha": {},
-                                                 "test-rec-a": {"alpha": 0.2}}
+    assert recorder_plugins[steps + 1 :] == [("b", 0.2, True, True, True), ("noalpha",), ("a", 0.2, True, True, True)]
+    assert res.report["compensation"] == {
+        "test-rec-b": {"tag": "b", "alpha": 0.2},
+        "test-noalpha": None,
+        "test-rec-a": {"tag": "a", "alpha": 0.2},
+    }
+    assert res.report["compensator_options"] == {
+        "test-rec-b": {"alpha": 0.2},
+        "test-noalpha": {},
+        "test-rec-a": {"alpha": 0.2},
+    }
     assert res.report["pruner_options"] == {"s": 1e-3} and res.report["training"]["method"]["epochs"] == 2
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(shortcut="sketch"), "pruner 'oneshot' takes no option 'shortcut' (--shortcut sketch); its options: "
-                              "criterion, criterion_options, global_ranking, min_keep"),
-    (dict(sparsity=1e-4, sparsity_epochs=1), "pruner 'oneshot' takes no option 's' (--sparsity 0.0001); its "
-                                             "options: criterion, criterion_options, global_ranking, min_keep"),
-    (dict(sparsity=1e-4), "--sparsity has no effect without --sparsity-epochs E (the sparsity-training phase)"),
-    (dict(alpha=0.3), "--alpha is a compensator option; add --compensator sketch"),
-    (dict(ratio=1.0), "--ratio must be in [0, 1), the fraction of channels removed; got 1.0"),
-    (dict(epochs_dense=1, weights="w.pt"), "--epochs-dense trains the dense model from scratch; it cannot be "
-                                           "combined with --weights (use --prune-epochs / --finetune-epochs to train further)"),
-    (dict(sparsity_epochs=2, prune_epochs=3), "--sparsity-epochs 2 and --prune-epochs 3 name the same phase; give one of them"),
-    (dict(weights="missing.pt"), "missing.pt: weights file not found"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (
+            dict(shortcut="sketch"),
+            "pruner 'oneshot' takes no option 'shortcut' (--shortcut sketch); its options: "
+            "criterion, criterion_options, global_ranking, min_keep",
+        ),
+        (
+            dict(sparsity=1e-4, sparsity_epochs=1),
+            "pruner 'oneshot' takes no option 's' (--sparsity 0.0001); its "
+            "options: criterion, criterion_options, global_ranking, min_keep",
+        ),
+        (dict(sparsity=1e-4), "--sparsity has no effect without --sparsity-epochs E (the sparsity-training phase)"),
+        (dict(alpha=0.3), "--alpha is a compensator option; add --compensator sketch"),
+        (dict(ratio=1.0), "--ratio must be in [0, 1), the fraction of channels removed; got 1.0"),
+        (
+            dict(epochs_dense=1, weights="w.pt"),
+            "--epochs-dense trains the dense model from scratch; it cannot be "
+            "combined with --weights (use --prune-epochs / --finetune-epochs to train further)",
+        ),
+        (
+            dict(sparsity_epochs=2, prune_epochs=3),
+            "--sparsity-epochs 2 and --prune-epochs 3 name the same phase; give one of them",
+        ),
+        (dict(weights="missing.pt"), "missing.pt: weights file not found"),
+    ],
+)
 def test_flag_errors_name_the_flag(folder, tmp_path, kw, message):
     with pytest.raises(DetpruneError) as err:
         run(cls_config(folder, tmp_path / "e", **kw))
@@ -194,7 +300,9 @@ def test_flag_errors_name_the_flag(folder, tmp_path, kw, message):
 
 
 def test_compensator_option_no_compensator_takes_is_an_error(folder, tmp_path, recorder_plugins):
-    with pytest.raises(DetpruneError, match=r"^no chosen compensator \(test-noalpha\) takes option 'alpha' \(--alpha\)$"):
+    with pytest.raises(
+        DetpruneError, match=r"^no chosen compensator \(test-noalpha\) takes option 'alpha' \(--alpha\)$"
+    ):
         run(cls_config(folder, tmp_path / "e", compensators=["test-noalpha"], alpha=0.3))
 
 
@@ -202,8 +310,10 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(folder, tmp_path):
     run(cls_config(folder, tmp_path / "r"))
     with pytest.raises(DetpruneError) as err:
         run(cls_config(folder, tmp_path / "r"))
-    assert str(err.value) == (f"{tmp_path / 'r'} already holds a prune run (pruned.pt, report.json, report.md, "
-                              "widths.png); choose another --out or pass --overwrite")
+    assert str(err.value) == (
+        f"{tmp_path / 'r'} already holds a prune run (pruned.pt, report.json, report.md, "
+        "widths.png); choose another --out or pass --overwrite"
+    )
     (tmp_path / "r" / "mine.txt").write_text("kept")
     run(cls_config(folder, tmp_path / "r", overwrite=True, ratio=0.25))
     assert (tmp_path / "r" / "mine.txt").read_text() == "kept"
@@ -211,19 +321,29 @@ def test_a_folder_holding_a_run_is_refused_unless_overwrite(folder, tmp_path):
 
 
 def test_criterion_for_a_pruner_that_takes_none_is_an_error(folder, tmp_path):
-    with pytest.raises(DetpruneError, match=r"^pruner 'slimming' takes no option 'criterion' \(--criterion l1\); "
-                                            r"its options: .*shortcut"):
+    with pytest.raises(
+        DetpruneError,
+        match=r"^pruner 'slimming' takes no option 'criterion' \(--criterion l1\); "
+        r"its options: .*shortcut",
+    ):
         run(cls_config(folder, tmp_path / "e", pruner="slimming", criterion="l1"))
 
 
-def test_no_progress_reaches_the_plugins(tmp_path, capsys):
-    """``progress=False`` on the context silences the compensators' own bars (sketch calibration)."""
-    from detprune_plugins.sketch.bn import adabn
-
-    from detprune.plugin.context import PruneContext
-
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    loader = [(torch.rand(2, 3, 8, 8), None) for _ in range(3)]
-    assert PruneContext().progress is True
-    assert adabn(model, loader, 3, progress=False) == 3
-    assert "sketch: AdaBN" not in capsys.readouterr().err
+def test_no_progress_reaches_the_plugins(folder, tmp_path, capsys):
+    """``progress`` of the run reaches the compensators through the context: the sketch's own BN-statistics bar
+    shows with it and stays silent without it."""
+    for progress in (True, False):
+        capsys.readouterr()
+        run(
+            cls_config(
+                folder,
+                tmp_path / f"p{progress}",
+                pruner="slimming",
+                ratio=0.6,
+                compensators=["sketch"],
+                alpha=0.0,
+                progress=progress,
+                plots=False,
+            )
+        )
+        assert ("sketch: BN statistics" in capsys.readouterr().err) is progress

@@ -1,5 +1,6 @@
 """Pruner ``oneshot``: the same plan as ``detprune.prune`` with the same criterion, its options, and
 the achieved ratio it records (floors and rounding included)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """report.md from hand-made report dicts (the structure of a real slimming + sketch run's report.json):
 each fact once (criterion, achieved ratio), labelled "kept %" columns, the sparsity actually used, a
 readable compensation section and noisy latency flagged."""
+
 from __future__ import annotations
 
 import copy
@@ -17,57 +18,136 @@ from detprune.pipeline.report import (
 
 def _stats(params, flops, median, spread=0.05, map50=0.46):
     half = spread * median / 2
-    return {"metrics": {"map50": map50, "map50_500": map50, "map": -1.0, "images": 80, "detections": 3000},
-            "params": params, "flops": flops, "latency_ms": median,
-            "latency": {"median_ms": median, "p10_ms": median - half, "p90_ms": median + half, "iters": 10,
-                        "mode": "eager", "device": "cpu", "batch": 1}}
+    return {
+        "metrics": {"map50": map50, "map50_500": map50, "map": -1.0, "images": 80, "detections": 3000},
+        "params": params,
+        "flops": flops,
+        "latency_ms": median,
+        "latency": {
+            "median_ms": median,
+            "p10_ms": median - half,
+            "p90_ms": median + half,
+            "iters": 10,
+            "mode": "eager",
+            "device": "cpu",
+            "batch": 1,
+        },
+    }
 
 
 def _group(gid, size, kept, alpha=0.3, producers=("layers.9.conv",), error=0.1):
     ratio = 1.0 - kept / size
     hit = ratio > alpha
-    return {"group": gid, "size": size, "kept": kept, "ratio": ratio, "layer_ratio": ratio, "triggered": hit,
-            "rebased": hit, "reason": "" if hit else f"prune ratio {ratio:.3f} <= alpha {alpha}",
-            "producers": list(producers), "gram_error": error if hit else None,
-            **({"widths": {p: kept for p in producers}, "shared_basis_only": []} if len(producers) > 1 else {})}
+    return {
+        "group": gid,
+        "size": size,
+        "kept": kept,
+        "ratio": ratio,
+        "layer_ratio": ratio,
+        "triggered": hit,
+        "rebased": hit,
+        "reason": "" if hit else f"prune ratio {ratio:.3f} <= alpha {alpha}",
+        "producers": list(producers),
+        "gram_error": error if hit else None,
+        **({"widths": {p: kept for p in producers}, "shared_basis_only": []} if len(producers) > 1 else {}),
+    }
 
 
-SKETCH = {"compensator": "sketch", "alpha": 0.3, "mode": "fd", "variant": "rebase", "bn": "fold",
-          "recalibrate": "new", "bn_statistics": "calibrated on 20 batches", "rebased": [10, 14],
-          "groups": [_group(6, 32, 31, producers=("layers.9.conv", "layers.11.conv")), _group(10, 64, 7),
-                     _group(11, 32, 29), _group(14, 128, 13, producers=("layers.29.conv", "layers.31.conv"))]}
+SKETCH = {
+    "compensator": "sketch",
+    "alpha": 0.3,
+    "mode": "fd",
+    "variant": "rebase",
+    "bn": "fold",
+    "recalibrate": "new",
+    "bn_statistics": "calibrated on 20 batches",
+    "rebased": [10, 14],
+    "groups": [
+        _group(6, 32, 31, producers=("layers.9.conv", "layers.11.conv")),
+        _group(10, 64, 7),
+        _group(11, 32, 29),
+        _group(14, 128, 13, producers=("layers.29.conv", "layers.31.conv")),
+    ],
+}
 
 
 def slimming_report(**over):
     """A slimming run: the context's criterion is l1, the plan's meta says bn-scale; meta counts BN positions."""
-    r = {"format": "detprune-report/1", "model": "yolov3", "adapter_args": {"num_classes": 10}, "task": "detection",
-         "data": {"name": "synthetic", "img_size": 320, "val_split": "val", "val_images": 80},
-         "pruner": "slimming", "pruner_options": {"shortcut": "sketch"}, "criterion": "l1", "ratio": 0.5,
-         "compensators": ["sketch"], "compensator_options": {"sketch": {"alpha": 0.3}}, "device": "cpu",
-         "metric": "map50", "dense": _stats(599187, 401280000, 10.0), "pruned": _stats(135868, 252949600, 9.0),
-         "before_finetune": {"map50": 0.39}, "kept": {"params": 0.2268, "flops": 0.6304, "latency_ms": 0.9},
-         "plan": {"meta": {"pruner": "slimming", "criterion": "bn-scale", "asked_ratio": 0.5, "achieved_ratio": 0.5208,
-                           "threshold": 0.2873, "channels": 1968, "channels_removed": 1025,
-                           "floor_hits": ["layers.27.conv", "layers.29.conv"], "shortcut": "sketch", "min_keep": 0.1,
-                           "round_to": None, "shortcut_width": "min", "s": 0.0001},
-                  "groups": 35, "groups_pruned": 21, "channels_before": 1528, "channels_after": 792,
-                  "achieved_ratio": 0.4817, "widths": {"6": {"layers.9.conv": 32, "layers.11.conv": 31}}},
-         "layers": [{"module": "layers.9.conv", "kind": "Conv2d", "before": 32, "after": 31},
-                    {"module": "layers.19.conv", "kind": "Conv2d", "before": 64, "after": 7}],
-         "compensation": {"sketch": copy.deepcopy(SKETCH)},
-         "training": {"finetune": {"epochs": 5, "lr": 0.001, "history": [{"epoch": 5, "train_loss": 26.06}]}},
-         "timings_s": {"trace": 0.02, "fine-tuning": 53.9}, "files": {"md": "/run/report.md"},
-         "config": {"weights": "/cache/dense.pt", "sparsity_epochs": 0}, "detprune_version": "0"}
+    r = {
+        "format": "detprune-report/1",
+        "model": "yolov3",
+        "adapter_args": {"num_classes": 10},
+        "task": "detection",
+        "data": {"name": "synthetic", "img_size": 320, "val_split": "val", "val_images": 80},
+        "pruner": "slimming",
+        "pruner_options": {"shortcut": "sketch"},
+        "criterion": "l1",
+        "ratio": 0.5,
+        "compensators": ["sketch"],
+        "compensator_options": {"sketch": {"alpha": 0.3}},
+        "device": "cpu",
+        "metric": "map50",
+        "dense": _stats(599187, 401280000, 10.0),
+        "pruned": _stats(135868, 252949600, 9.0),
+        "before_finetune": {"map50": 0.39},
+        "kept": {"params": 0.2268, "flops": 0.6304, "latency_ms": 0.9},
+        "plan": {
+            "meta": {
+                "pruner": "slimming",
+                "criterion": "bn-scale",
+                "asked_ratio": 0.5,
+                "achieved_ratio": 0.5208,
+                "threshold": 0.2873,
+                "channels": 1968,
+                "channels_removed": 1025,
+                "floor_hits": ["layers.27.conv", "layers.29.conv"],
+                "shortcut": "sketch",
+                "min_keep": 0.1,
+                "round_to": None,
+                "shortcut_width": "min",
+                "s": 0.0001,
+            },
+            "groups": 35,
+            "groups_pruned": 21,
+            "channels_before": 1528,
+            "channels_after": 792,
+            "achieved_ratio": 0.4817,
+            "widths": {"6": {"layers.9.conv": 32, "layers.11.conv": 31}},
+        },
+        "layers": [
+            {"module": "layers.9.conv", "kind": "Conv2d", "before": 32, "after": 31},
+            {"module": "layers.19.conv", "kind": "Conv2d", "before": 64, "after": 7},
+        ],
+        "compensation": {"sketch": copy.deepcopy(SKETCH)},
+        "training": {"finetune": {"epochs": 5, "lr": 0.001, "history": [{"epoch": 5, "train_loss": 26.06}]}},
+        "timings_s": {"trace": 0.02, "fine-tuning": 53.9},
+        "files": {"md": "/run/report.md"},
+        "config": {"weights": "/cache/dense.pt", "sparsity_epochs": 0},
+        "detprune_version": "0",
+    }
     r.update(over)
     return r
 
 
 def oneshot_report(**over):
     """A oneshot run without compensators: meta's achieved ratio is the plan's own."""
-    r = slimming_report(pruner="oneshot", pruner_options={"criterion": "fpgm"}, criterion="fpgm", compensators=[],
-                        compensator_options={}, compensation={})
-    r["plan"]["meta"] = {"pruner": "oneshot", "criterion": "fpgm", "asked_ratio": 0.5, "achieved_ratio": 0.4817,
-                         "global_ranking": False, "min_keep": 0.0, "round_to": None}
+    r = slimming_report(
+        pruner="oneshot",
+        pruner_options={"criterion": "fpgm"},
+        criterion="fpgm",
+        compensators=[],
+        compensator_options={},
+        compensation={},
+    )
+    r["plan"]["meta"] = {
+        "pruner": "oneshot",
+        "criterion": "fpgm",
+        "asked_ratio": 0.5,
+        "achieved_ratio": 0.4817,
+        "global_ranking": False,
+        "min_keep": 0.0,
+        "round_to": None,
+    }
     r.update(over)
     return r
 
@@ -124,7 +204,7 @@ def test_sparsity_line_says_what_was_used():
 def test_sketch_compensation_is_a_summary_and_a_table_without_json():
     md = markdown(slimming_report())
     comp = section(md, "Compensation")
-    assert not set("{}[]\"") & set(comp)
+    assert not set('{}[]"') & set(comp)
     assert "- options: alpha 0.3, mode fd, variant rebase, bn fold, recalibrate new" in comp
     assert "- BN statistics: calibrated on 20 batches" in comp
     assert "2 of 4 pruned groups triggered" in comp and "; 2 rebased" in comp
@@ -135,13 +215,16 @@ def test_sketch_compensation_is_a_summary_and_a_table_without_json():
 
 
 def test_other_compensators_render_as_short_key_value_lines():
-    fold = {"folded": {"b1.0": "running_mean of b1.1", "mid.0": "bias"}, "skipped": {}, "no_bn": 3,
-            "not_constant": 0}
+    fold = {"folded": {"b1.0": "running_mean of b1.1", "mid.0": "bias"}, "skipped": {}, "no_bn": 3, "not_constant": 0}
     long = {"values": list(range(500)), "nested": {"a": {"b": [1, 2]}}}
-    md = markdown(slimming_report(compensators=["fold-beta", "thinet-lsq", "custom"],
-                                  compensation={"fold-beta": fold, "thinet-lsq": None, "custom": long}))
+    md = markdown(
+        slimming_report(
+            compensators=["fold-beta", "thinet-lsq", "custom"],
+            compensation={"fold-beta": fold, "thinet-lsq": None, "custom": long},
+        )
+    )
     comp = section(md, "Compensation")
-    assert not set("{}\"") & set(comp)
+    assert not set('{}"') & set(comp)
     assert "- folded: 2 — b1.0: running_mean of b1.1, mid.0: bias" in comp and "- skipped: none" in comp
     assert "- no_bn: 3" in comp and "- not_constant: 0" in comp
     assert "### `thinet-lsq`\n\n- no report" in comp

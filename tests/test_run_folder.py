@@ -1,14 +1,14 @@
 """``prune --out/--overwrite``: a run never deletes what it did not write, never deletes the previous
 result before the new run succeeds, and finds an unwritable folder or a bad plugin before any work."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from conftest import make_colour_folder
 
-from detprune.cli import main
+from conftest import make_colour_folder, prune_classifier
 from detprune.pipeline.run_folder import MANIFEST
 
 
@@ -18,8 +18,7 @@ def folder(tmp_path_factory):
 
 
 def prune(folder, out, *extra):
-    return main(["prune", "--model", "vgg16-cifar", "--width", "0.125", "--data", str(folder), "--out", str(out),
-                 "--device", "cpu", "--batch-size", "4", "--latency-iters", "1", "--no-progress", "--no-plots", *extra])
+    return prune_classifier(folder, out, *extra, latency_iters=1)
 
 
 def test_a_run_records_what_it_wrote_and_leaves_no_staging(folder, tmp_path):
@@ -40,8 +39,10 @@ def test_overwrite_never_deletes_a_users_folder(folder, tmp_path, capsys):
     (out / "train" / "notes.txt").write_text("the user's own")
     assert prune(folder, out, "--overwrite", "--finetune-epochs", "1") == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"detprune: error: {out} holds train, which no detprune run recorded writing there (no {MANIFEST} "
-                   "lists it); --overwrite replaces only what a run wrote: move it away or choose another --out")
+    assert err == (
+        f"detprune: error: {out} holds train, which no detprune run recorded writing there (no {MANIFEST} "
+        "lists it); --overwrite replaces only what a run wrote: move it away or choose another --out"
+    )
     assert (out / "train" / "notes.txt").read_text() == "the user's own"
     assert sorted(p.name for p in out.iterdir()) == ["train"]
 

@@ -1,12 +1,11 @@
 """The ``sketch`` compensator on small hand-made networks (research/algorithms.md 6.4-6.6)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from detprune_plugins.sketch.compensator import Sketch, SketchOptionError
-from detprune_plugins.sketch.frequent_directions import sketch as fd_sketch
 from torch import nn
 
 import detprune
@@ -14,6 +13,8 @@ from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
+from detprune_plugins.sketch.compensator import Sketch, SketchOptionError
+from detprune_plugins.sketch.frequent_directions import sketch as fd_sketch
 
 
 class Toy(nn.Module):
@@ -159,8 +160,10 @@ def test_linear_residual_toy_gives_the_projected_original_output():
     u = torch.linalg.svd(A, full_matrices=False)[0][:, :6]
     P = (u @ u.T).float()
     y = model.stream(x)
-    expected = model.head(torch.einsum("ij,bjhw->bihw", P, y - model.c1.bias[:, None, None] - model.c2.bias[:, None, None])
-                          + torch.einsum("ij,j->i", P, model.c1.bias + model.c2.bias)[:, None, None])
+    expected = model.head(
+        torch.einsum("ij,bjhw->bihw", P, y - model.c1.bias[:, None, None] - model.c2.bias[:, None, None])
+        + torch.einsum("ij,j->i", P, model.c1.bias + model.c2.bias)[:, None, None]
+    )
     torch.testing.assert_close(pruned(x), expected, rtol=1e-4, atol=1e-5)
     # both producers end at width c' and carry Q times the stacked filters (one shared basis)
     assert pruned.c1.out_channels == pruned.c2.out_channels == 6
@@ -274,14 +277,15 @@ def test_recalibrate_all_runs_adabn_everywhere_and_keeps_folded_outputs_exact():
     assert comp.report["bn_statistics"] == "calibrated on 3 batches; AdaBN on every BN (3 batches)"
     # b1 (not rebased) now holds the pruned network's own statistics (cumulative AdaBN average)
     per_batch = [_input_stats(pruned.eval(), pruned.b1, [b]) for b in loader]
-    torch.testing.assert_close(pruned.b1.running_mean, torch.stack([m for m, _ in per_batch]).mean(0),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        pruned.b1.running_mean, torch.stack([m for m, _ in per_batch]).mean(0), rtol=1e-4, atol=1e-5
+    )
     # the folded BN b2 still gives exactly z' + Q b in eval mode
     z = []
     h = pruned.b2.register_forward_hook(lambda m, a, o: z.append((a[0], o)))
     pruned(x)
     h.remove()
-    (inp, out), = z
+    ((inp, out),) = z
     shift = pruned.b2.bias - pruned.b2.running_mean
     torch.testing.assert_close(out, inp + shift[None, :, None, None], rtol=1e-4, atol=1e-5)
 
@@ -317,8 +321,14 @@ def test_report_is_json_and_names_the_settings():
     _, comp = _compensate(model, graph, plan, alpha=0.3, mode="svd")
     rep = json.loads(json.dumps(comp.report))
     assert {k: rep[k] for k in ("compensator", "alpha", "mode", "variant", "bn", "recalibrate", "bn_statistics")} == {
-        "compensator": "sketch", "alpha": 0.3, "mode": "svd", "variant": "rebase", "bn": "fold",
-        "recalibrate": "new", "bn_statistics": "propagated"}
+        "compensator": "sketch",
+        "alpha": 0.3,
+        "mode": "svd",
+        "variant": "rebase",
+        "bn": "fold",
+        "recalibrate": "new",
+        "bn_statistics": "propagated",
+    }
     by_group = {tuple(e["producers"]): e for e in rep["groups"]}
     assert by_group[("c1", "c3")]["ratio"] == pytest.approx(2 / 3) and by_group[("c1", "c3")]["rebased"]
     assert 0 < by_group[("c1", "c3")]["gram_error"] < 1
@@ -332,7 +342,9 @@ def test_traces_the_dense_model_when_the_context_has_no_graph():
     pruned = graph.apply(model, plan)
     Sketch(alpha=0.3).compensate(model, pruned, plan, PruneContext(example_inputs=(x,)))
     assert torch.equal(pruned.c2.weight, with_graph.c2.weight)
-    with pytest.raises(DetpruneError, match=r"^no channel graph to work on: set ctx.graph, ctx.example_inputs or ctx.adapter$"):
+    with pytest.raises(
+        DetpruneError, match=r"^no channel graph to work on: set ctx.graph, ctx.example_inputs or ctx.adapter$"
+    ):
         Sketch().compensate(model, graph.apply(model, plan), plan, PruneContext())
 
 
@@ -343,14 +355,17 @@ def test_empty_plan_changes_nothing():
     assert all(torch.equal(a, b) for a, b in zip(pruned.state_dict().values(), model.state_dict().values()))
 
 
-@pytest.mark.parametrize("opts,message", [
-    ({"mode": "qr"}, "compensator 'sketch': mode must be one of fd, fd-liberty, svd, got 'qr'"),
-    ({"variant": "x"}, "compensator 'sketch': variant must be one of rebase, procrustes, got 'x'"),
-    ({"bn": "drop"}, "compensator 'sketch': bn must be one of fold, reinit, keep, got 'drop'"),
-    ({"alpha": 1.0}, r"compensator 'sketch': alpha must be in \[-1, 1\) \(a prune ratio\), got 1.0"),
-    ({"calib_batches": -1}, "compensator 'sketch': calib_batches must be >= 0, got -1"),
-    ({"recalibrate": "some"}, "compensator 'sketch': recalibrate must be 'new' or 'all', got 'some'"),
-])
+@pytest.mark.parametrize(
+    "opts,message",
+    [
+        ({"mode": "qr"}, "compensator 'sketch': mode must be one of fd, fd-liberty, svd, got 'qr'"),
+        ({"variant": "x"}, "compensator 'sketch': variant must be one of rebase, procrustes, got 'x'"),
+        ({"bn": "drop"}, "compensator 'sketch': bn must be one of fold, reinit, keep, got 'drop'"),
+        ({"alpha": 1.0}, r"compensator 'sketch': alpha must be in \[-1, 1\) \(a prune ratio\), got 1.0"),
+        ({"calib_batches": -1}, "compensator 'sketch': calib_batches must be >= 0, got -1"),
+        ({"recalibrate": "some"}, "compensator 'sketch': recalibrate must be 'new' or 'all', got 'some'"),
+    ],
+)
 def test_bad_options_are_one_line_errors(opts, message):
     with pytest.raises(SketchOptionError, match=f"^{message}$"):
         Sketch(**opts)

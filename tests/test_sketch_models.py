@@ -1,16 +1,17 @@
 """The ``sketch`` compensator on real architectures: ResNet-56 (option A and B shortcuts) and a
 small YOLOv3, with Network Slimming plans in ``--shortcut sketch`` mode (per-producer widths)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from detprune_plugins.sketch.compensator import Sketch
 from torch import nn
 
 import detprune
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
+from detprune_plugins.sketch.compensator import Sketch
 
 
 def _build(name: str, **args):
@@ -128,7 +129,7 @@ def test_yolov3_linearised_full_width_rebase_reproduces_the_output():
     """LeakyReLU -> Identity makes YOLOv3 linear (BN in eval mode is affine): a full-width rebase of
     every group (residual streams, route concats at offsets, upsampling) must give the same maps."""
     adapter, model, x, graph = _small_yolo()
-    for name, m in list(model.named_modules()):
+    for m in list(model.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.LeakyReLU):
                 setattr(m, child_name, nn.Identity())

@@ -1,17 +1,18 @@
 """Network Slimming (plugins/slimming/pruner.py): the sparsity sub-gradient, the global threshold, the
 per-layer floor, rounding, and the three ``--shortcut`` modes on hand-made models whose outcome is
 worked out by hand (research/algorithms.md §4)."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from detprune_plugins.slimming.threshold import global_threshold
 from torch import nn
 
 import detprune
 from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.plugin.context import PruneContext
+from detprune_plugins.slimming.threshold import global_threshold
 
 
 def cbr(cin, cout):
@@ -32,9 +33,9 @@ class Residual(nn.Module):
 
 
 # hand-picked |γ|; 22 values, the 10 smallest are <= 0.07 and nothing else sits near 0.07
-STEM = [.12, .9, .01, .2, .5, .03, .6, .04]
-B1 = [.01, .02, .9, .8, .03, .5, .04, .61]
-MID = [.05, .7, .06, .8, .07, .9]
+STEM = [0.12, 0.9, 0.01, 0.2, 0.5, 0.03, 0.6, 0.04]
+B1 = [0.01, 0.02, 0.9, 0.8, 0.03, 0.5, 0.04, 0.61]
+MID = [0.05, 0.7, 0.06, 0.8, 0.07, 0.9]
 
 
 def residual_model():
@@ -56,18 +57,21 @@ def slimming(**kw):
 
 
 def test_threshold_removes_exactly_round_n_times_ratio():
-    v = torch.tensor([.5, .1, .4, .3, .2, .6, .9, .8, .7, 1.0])
-    assert global_threshold(v, 0.3) == pytest.approx(.3)  # .1 .2 .3 go: exactly 3 of 10
-    assert global_threshold(v, 0.34) == pytest.approx(.3)
+    v = torch.tensor([0.5, 0.1, 0.4, 0.3, 0.2, 0.6, 0.9, 0.8, 0.7, 1.0])
+    assert global_threshold(v, 0.3) == pytest.approx(0.3)  # .1 .2 .3 go: exactly 3 of 10
+    assert global_threshold(v, 0.34) == pytest.approx(0.3)
     assert global_threshold(v, 0.0) is None
     assert global_threshold(v, 0.04) is None  # round(0.4) = 0 channels
 
 
-@pytest.mark.parametrize("mode,kept_res,widths", [
-    ("union", list(range(8)), None),              # OR-merge: every channel has one producer above t
-    ("shared", [1, 2, 3, 4, 5, 6, 7], None),      # mean |γ| of channel 0 = .065 <= .07
-    ("sketch", [1, 2, 3, 7], {"stem.0": 5, "b1.0": 4}),  # c* = min(5, 4), top 4 by summed |γ|
-])
+@pytest.mark.parametrize(
+    "mode,kept_res,widths",
+    [
+        ("union", list(range(8)), None),  # OR-merge: every channel has one producer above t
+        ("shared", [1, 2, 3, 4, 5, 6, 7], None),  # mean |γ| of channel 0 = .065 <= .07
+        ("sketch", [1, 2, 3, 7], {"stem.0": 5, "b1.0": 4}),  # c* = min(5, 4), top 4 by summed |γ|
+    ],
+)
 def test_each_shortcut_mode_answers_the_global_threshold_as_worked_out_by_hand(mode, kept_res, widths):
     m, graph, _ = residual_model()
     plan = slimming(shortcut=mode, min_keep=0.0).plan(m, graph, PruneContext(ratio=0.45))
@@ -124,7 +128,9 @@ def test_no_removal_at_ratio_zero_and_clear_option_errors():
         slimming(s=-1)
     with pytest.raises(DetpruneError, match=r"^slimming: min_keep must be a fraction in \[0, 1\], got 2$"):
         slimming(min_keep=2)
-    with pytest.raises(DetpruneError, match=r"ratio is the fraction of channels removed and must be in \[0, 1\), got 1.0"):
+    with pytest.raises(
+        DetpruneError, match=r"ratio is the fraction of channels removed and must be in \[0, 1\), got 1.0"
+    ):
         slimming().plan(m, graph, PruneContext(ratio=1.0))
 
 
@@ -245,5 +251,7 @@ def test_resnet56_option_a_pad_channels_are_neither_penalised_nor_counted():
     assert torch.equal(delta[fixed_pos], torch.zeros(16))
     assert torch.allclose(delta[8:24], 1e-2 * torch.sign(bn.weight.detach()[8:24]))
     plan = slimming().plan(m, graph, PruneContext(ratio=0.5))
-    assert plan.meta["channels"] == sum(bn.num_features for bn in m.modules() if isinstance(bn, nn.BatchNorm2d)) - \
-        16 * 9 - 48 * 9  # stage-2 and stage-3 stream BNs lose their fixed positions from the count
+    assert (
+        plan.meta["channels"]
+        == sum(bn.num_features for bn in m.modules() if isinstance(bn, nn.BatchNorm2d)) - 16 * 9 - 48 * 9
+    )  # stage-2 and stage-3 stream BNs lose their fixed positions from the count

@@ -1,6 +1,7 @@
 """Compensator ``fold-beta``: the constant act(β) of channels removed with γ = 0 is folded into the
 consumers, exactly for 1x1 consumers (bias or the next BN's running mean, through a residual sum
 too), approximately for padded k x k convs; what cannot be folded is skipped and reported."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,9 @@ def _prune_and_fold(model, x, plan, **kw):
 @torch.no_grad()
 def test_fold_into_bias_of_1x1_consumer_is_exact():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 5, 1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 5, 1)
+    ).eval()
     _zero_gamma(model[1], [1, 4, 6])
     x = torch.rand(2, 3, 9, 9)
     graph = trace(model, (x,))
@@ -86,8 +88,9 @@ def test_fold_into_next_bn_running_mean_through_a_residual_sum_is_exact():
 @torch.no_grad()
 def test_padded_3x3_consumer_is_approximate_and_1x1_only_mode_skips_it():
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 5, 3, padding=1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 5, 3, padding=1)
+    ).eval()
     _zero_gamma(model[1], [0, 3])
     x = torch.rand(1, 3, 12, 12)
     plan = PruningPlan({1: [1, 2, 4, 5, 6, 7]})

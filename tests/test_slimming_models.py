@@ -1,6 +1,7 @@
 """Every ``--shortcut`` mode of the slimming pruner yields a valid smaller model on real
 architectures: ResNet-56 (option A's F.pad zero channels are fixed; option B's 1x1 shortcut) and a
 small YOLOv3 (Darknet residual stages, concat routes, three heads)."""
+
 from __future__ import annotations
 
 import pytest
@@ -72,8 +73,10 @@ def test_every_shortcut_mode_prunes_to_a_working_model(dense, mode):
 
 def test_union_keeps_at_least_what_shared_and_sketch_keep(dense):
     _, model, graph, _, _ = dense
-    plans = {m: detprune.plugins().pruner("slimming", shortcut=m).plan(model, graph, PruneContext(ratio=0.5))
-             for m in ("shared", "union", "sketch")}
+    plans = {
+        m: detprune.plugins().pruner("slimming", shortcut=m).plan(model, graph, PruneContext(ratio=0.5))
+        for m in ("shared", "union", "sketch")
+    }
     removed = {m: p.meta["channels_removed"] for m, p in plans.items()}
     assert removed["union"] <= removed["shared"] and removed["union"] <= removed["sketch"]
     assert len({p.meta["threshold"] for p in plans.values()}) == 1  # one global threshold for all modes

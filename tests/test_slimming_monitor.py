@@ -1,11 +1,11 @@
 """γ monitoring for Network Slimming: sparsity training through the real Trainer pushes |γ| down,
 the per-epoch history (histogram, share under 1e-2, sorted curve) is checkpointed and restored on
 resume, and ``pruner.plot`` draws it with the target ratio's threshold marked."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from detprune_plugins.slimming import monitor
 from test_train_support import TinyAdapter, colour_dataset
 from torch import nn
 
@@ -15,6 +15,7 @@ from detprune.plugin.context import PruneContext
 from detprune.training.checkpoint import load_checkpoint
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.slimming import monitor
 
 FAST = dict(lr=0.05, warmup_epochs=0.0, progress=False, device="cpu")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,8 +33,10 @@ def test_snapshot_counts_share_quantiles_and_threshold():
 
 
 def _loaders():
-    return (make_loader(colour_dataset(48, 1), 8, train=True, seed=0),
-            make_loader(colour_dataset(16, 2), 8, train=False))
+    return (
+        make_loader(colour_dataset(48, 1), 8, train=True, seed=0),
+        make_loader(colour_dataset(16, 2), 8, train=False),
+    )
 
 
 def test_sparsity_training_shrinks_gamma_and_history_survives_resume(tmp_path, caplog):

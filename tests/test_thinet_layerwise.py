@@ -1,15 +1,16 @@
 """ThiNet layer by layer: the masked dense model and graph.apply of the returned plan give the same
 outputs (so the plan refers to the original graph); zeros survive fine-tuning; input side first."""
+
 from __future__ import annotations
 
 import pytest
 import torch
-from detprune_plugins.thinet.layerwise import input_side_first
-from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, flat_outputs
 
 import detprune
 from detprune.graph import trace
 from detprune.plugin.context import PruneContext
+from detprune_plugins.thinet.layerwise import input_side_first
+from zoo import NOT_EXACT_AFTER_ZEROING, TOYS, build, flat_outputs
 
 TOY_NAMES = sorted(set(TOYS) - NOT_EXACT_AFTER_ZEROING)  # GroupNorm: zeroing changes group statistics
 
@@ -70,6 +71,8 @@ def test_fine_tuning_without_an_adapter_is_a_clear_error():
     model, x = build("simple_cnn")
     graph = trace(model, x)
     ctx = PruneContext(example_inputs=x, ratio=0.5, train_loader=[(x[0],)], graph=graph)
-    with pytest.raises(detprune.errors.DetpruneError,
-                       match=r"^thinet: layer_finetune_steps > 0 needs the model adapter's loss \(ctx.adapter\)$"):
+    with pytest.raises(
+        detprune.errors.DetpruneError,
+        match=r"^thinet: layer_finetune_steps > 0 needs the model adapter's loss \(ctx.adapter\)$",
+    ):
         _pruner(layer_finetune_steps=1).plan(model, graph, ctx)

@@ -1,6 +1,7 @@
 """ThiNet pruner, criterion and thinet-lsq compensator on real architectures (VGG16-CIFAR, ResNet-56):
 plans at the asked ratio, residual trunks left alone by default, LSQ lowering the reconstruction
 error on held-out activations, deterministic re-sampling, clear option errors."""
+
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,6 @@ import json
 
 import pytest
 import torch
-from detprune_plugins.thinet.plugin import CACHE, ThiNetOptionError
 from torch import nn
 
 import detprune
@@ -17,6 +17,7 @@ from detprune.errors import DetpruneError
 from detprune.graph import trace
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
+from detprune_plugins.thinet.plugin import CACHE, ThiNetOptionError
 
 
 def _adapter(name: str, width: float = 0.125):
@@ -26,14 +27,17 @@ def _adapter(name: str, width: float = 0.125):
 
 def _loader(n_batches: int = 2, batch: int = 8, size: int = 32, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.rand(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
-            for _ in range(n_batches)]
+    return [
+        (torch.rand(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g))
+        for _ in range(n_batches)
+    ]
 
 
 def _ctx(ad, model, loader, ratio=0.5, **kw):
     graph = trace(model, ad.example_inputs(2), protected=ad.protected(model))
-    return graph, PruneContext(example_inputs=ad.example_inputs(2), ratio=ratio, adapter=ad, train_loader=loader,
-                               graph=graph, **kw)
+    return graph, PruneContext(
+        example_inputs=ad.example_inputs(2), ratio=ratio, adapter=ad, train_loader=loader, graph=graph, **kw
+    )
 
 
 def _pruner(**kw):
@@ -83,7 +87,7 @@ def _consumer_error(original, candidate, layer: str, images: torch.Tensor) -> fl
     outs = []
     for m in (original, candidate):
         got = []
-        h = m.get_submodule(layer).register_forward_hook(lambda mod, a, o: got.append(o))
+        h = m.get_submodule(layer).register_forward_hook(lambda mod, a, o, got=got: got.append(o))
         with torch.no_grad():
             m.eval()(images)
         h.remove()
@@ -127,10 +131,18 @@ def _lsq_on_twins(fit_loader, heldout: torch.Tensor) -> tuple[float, float, torc
     detprune.plugins().compensator("thinet-lsq", progress=False).compensate(model, scaled, plan, ctx)
     ratio = scaled.features[10].weight / plain.features[10].weight  # the folded per-channel scales
     scales = ratio.flatten(2).median(dim=2).values.median(dim=0).values
-    expected = torch.tensor([1 + k[c] / 2 if c < len(k) and c + len(k) not in plan.kept[g.id] else float("nan")
-                             for c in plan.kept[g.id].tolist()])
-    return (_consumer_error(model, plain, "features.10", heldout), _consumer_error(model, scaled, "features.10", heldout),
-            scales, expected)
+    expected = torch.tensor(
+        [
+            1 + k[c] / 2 if c < len(k) and c + len(k) not in plan.kept[g.id] else float("nan")
+            for c in plan.kept[g.id].tolist()
+        ]
+    )
+    return (
+        _consumer_error(model, plain, "features.10", heldout),
+        _consumer_error(model, scaled, "features.10", heldout),
+        scales,
+        expected,
+    )
 
 
 def _check_twins(plain: float, scaled: float, scales: torch.Tensor, expected: torch.Tensor) -> None:
@@ -202,8 +214,14 @@ def test_criterion_gives_the_pruners_oneshot_plan():
     graph, ctx = _ctx(ad, model, _loader())
     plan = _pruner().plan(model, graph, ctx)
     crit = detprune.plugins().criterion("thinet", images=16, locations=5, progress=False)
-    res = detprune.prune(model, ad.example_inputs(2), ratio=0.5, criterion=crit, protected=ad.protected(model),
-                         ctx=dataclass_replace(ctx, graph=None))
+    res = detprune.prune(
+        model,
+        ad.example_inputs(2),
+        ratio=0.5,
+        criterion=crit,
+        protected=ad.protected(model),
+        ctx=dataclass_replace(ctx, graph=None),
+    )
     assert {k: v.tolist() for k, v in res.plan.kept.items()} == {k: v.tolist() for k, v in plan.kept.items()}
 
 
@@ -238,22 +256,27 @@ def test_groups_with_unsupported_consumers_are_skipped_with_the_reason():
     gb = next(g for g in graph.groups if g.modules("out") == ["b"])
     ga = next(g for g in graph.groups if g.modules("out") == ["a"])
     assert list(plan.kept) == [ga.id]
-    assert plan.meta["thinet_skipped"] == {str(gb.id): "head: consumer is a Conv1d; ThiNet samples Conv2d, "
-                                                         "ConvTranspose2d and Linear"}
+    assert plan.meta["thinet_skipped"] == {
+        str(gb.id): "head: consumer is a Conv1d; ThiNet samples Conv2d, ConvTranspose2d and Linear"
+    }
     crit = detprune.plugins().criterion("thinet", images=4, progress=False)
-    with pytest.raises(DetpruneError,
-                       match=rf"^criterion 'thinet' cannot score group {gb.id} \(b\): head: consumer is a Conv1d"):
+    with pytest.raises(
+        DetpruneError, match=rf"^criterion 'thinet' cannot score group {gb.id} \(b\): head: consumer is a Conv1d"
+    ):
         crit.score(model, gb, ctx)
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"mode": "greedy"}, "thinet option 'mode' must be one of 'oneshot', 'layerwise', got 'greedy'"),
-    ({"scope": "trunk"}, "thinet option 'scope' must be one of 'inner', 'all', got 'trunk'"),
-    ({"images": 0}, "thinet option 'images' must be an integer >= 1, got 0"),
-    ({"locations": "ten"}, "thinet option 'locations' must be an integer, got 'ten'"),
-    ({"layer_finetune_steps": 2.5}, "thinet option 'layer_finetune_steps' must be an integer >= 0, got 2.5"),
-    ({"scale": "maybe"}, "thinet option 'scale' must be true or false, got 'maybe'"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"mode": "greedy"}, "thinet option 'mode' must be one of 'oneshot', 'layerwise', got 'greedy'"),
+        ({"scope": "trunk"}, "thinet option 'scope' must be one of 'inner', 'all', got 'trunk'"),
+        ({"images": 0}, "thinet option 'images' must be an integer >= 1, got 0"),
+        ({"locations": "ten"}, "thinet option 'locations' must be an integer, got 'ten'"),
+        ({"layer_finetune_steps": 2.5}, "thinet option 'layer_finetune_steps' must be an integer >= 0, got 2.5"),
+        ({"scale": "maybe"}, "thinet option 'scale' must be true or false, got 'maybe'"),
+    ],
+)
 def test_option_errors_name_the_option(kw, msg):
     with pytest.raises(ThiNetOptionError) as e:
         detprune.plugins().pruner("thinet", **kw)

@@ -1,6 +1,7 @@
 """ThiNet's sampler: per-input-channel contributions that sum exactly to the consumer's pre-bias
 output at the sampled (image, location, filter), for every padding/stride/dilation/groups; fixed
 seeds; flatten -> Linear columns; early stop; clear errors."""
+
 from __future__ import annotations
 
 import random
@@ -8,20 +9,24 @@ import random
 import numpy as np
 import pytest
 import torch
-from detprune_plugins.thinet.sampling import SamplingError, column_map, sample_consumers
 from torch import nn
 
 from detprune.graph import trace
+from detprune_plugins.thinet.sampling import SamplingError, column_map, sample_consumers
 
 LAYERS = {
     "conv-grouped-stride": (lambda: nn.Conv2d(8, 12, 3, stride=2, padding=1, groups=2), (3, 8, 11, 9)),
-    "conv-dilated-reflect": (lambda: nn.Conv2d(8, 6, (3, 2), stride=(1, 2), padding=(2, 1), dilation=2,
-                                               padding_mode="reflect"), (3, 8, 10, 10)),
+    "conv-dilated-reflect": (
+        lambda: nn.Conv2d(8, 6, (3, 2), stride=(1, 2), padding=(2, 1), dilation=2, padding_mode="reflect"),
+        (3, 8, 10, 10),
+    ),
     "conv-circular": (lambda: nn.Conv2d(8, 6, 3, padding=1, padding_mode="circular", bias=False), (3, 8, 7, 7)),
     "conv-same-even-kernel": (lambda: nn.Conv2d(8, 6, 2, padding="same"), (3, 8, 7, 7)),
     "conv-1x1-no-pad": (lambda: nn.Conv2d(8, 5, 1), (3, 8, 6, 6)),
-    "deconv-grouped-outpad": (lambda: nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1, output_padding=1, groups=2),
-                              (3, 8, 5, 6)),
+    "deconv-grouped-outpad": (
+        lambda: nn.ConvTranspose2d(8, 6, 4, stride=2, padding=1, output_padding=1, groups=2),
+        (3, 8, 5, 6),
+    ),
     "deconv-dilated": (lambda: nn.ConvTranspose2d(8, 6, 3, stride=3, padding=2, dilation=2), (3, 8, 5, 6)),
     "linear": (lambda: nn.Linear(8, 5), (3, 8)),
     "linear-tokens": (lambda: nn.Linear(8, 5), (3, 4, 8)),
@@ -35,8 +40,9 @@ def test_contributions_sum_to_the_pre_bias_output(name):
     torch.manual_seed(0)
     layer = make()
     x = torch.randn(*shape)
-    s = sample_consumers(nn.Sequential(layer), {"0": torch.arange(8)}, [(x,)], images=3, locations=40,
-                         progress=False)["0"]
+    s = sample_consumers(nn.Sequential(layer), {"0": torch.arange(8)}, [(x,)], images=3, locations=40, progress=False)[
+        "0"
+    ]
     assert s.X.shape == (120, 8) and s.y.shape == (120,)
     assert s.y.abs().max() > 0.1  # real outputs, not zeros
     torch.testing.assert_close(s.X.sum(1), s.y, atol=1e-5, rtol=1e-5)

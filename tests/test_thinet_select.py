@@ -1,11 +1,15 @@
 """ThiNet's selection and scaling: the Gram-form greedy makes the brute-force choice at every step,
 scores replay it through graph.plan, least squares recovers known scales and folds into weights."""
+
 from __future__ import annotations
 
 import itertools
 
 import pytest
 import torch
+from torch import nn
+
+from detprune.graph import trace
 from detprune_plugins.thinet.sampling import sample_consumers
 from detprune_plugins.thinet.select import (
     greedy_removal,
@@ -13,15 +17,14 @@ from detprune_plugins.thinet.select import (
     order_scores,
     scale_inputs,
 )
-from torch import nn
-
-from detprune.graph import trace
 
 
 def _layer_samples(C: int = 8, seed: int = 0) -> torch.Tensor:
     """Real contributions X[N, C] at the input of a 3x3 conv fed by conv-BN-ReLU (C channels)."""
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C), nn.ReLU(), nn.Conv2d(C, 6, 3, padding=1)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, C, 3, padding=1), nn.BatchNorm2d(C), nn.ReLU(), nn.Conv2d(C, 6, 3, padding=1)
+    ).eval()
     data = [(torch.randn(8, 3, 12, 12),)]
     return sample_consumers(net, {"3": torch.arange(C)}, data, images=8, locations=10, progress=False)["3"].X.double()
 
@@ -53,7 +56,7 @@ def test_greedy_matches_the_exhaustive_optimum_where_greedy_is_exact():
     torch.manual_seed(3)
     Xo = torch.zeros(80, 8, dtype=torch.float64)
     for c in range(8):
-        Xo[c * 10:(c + 1) * 10, c] = torch.randn(10) * (c + 1) * torch.rand(1)
+        Xo[c * 10 : (c + 1) * 10, c] = torch.randn(10) * (c + 1) * torch.rand(1)
     order, errors = greedy_removal(Xo.T @ Xo)
     for k in range(1, 8):
         best = min(itertools.combinations(range(8), k), key=lambda T: _err(Xo, T))
@@ -81,11 +84,14 @@ def test_scores_are_strictly_increasing_along_the_greedy_order():
 
 def test_graph_plan_replays_the_greedy_removal_for_every_ratio():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 6, 3, padding=1)
+    ).eval()
     graph = trace(model, (torch.randn(1, 3, 12, 12),), protected=("3",))
     g = next(g for g in graph.prunable_groups() if g.modules("out") == ["0"])
-    X = sample_consumers(model, {"3": torch.arange(8)}, [(torch.randn(8, 3, 12, 12),)], images=8,
-                         progress=False)["3"].X.double()
+    X = sample_consumers(model, {"3": torch.arange(8)}, [(torch.randn(8, 3, 12, 12),)], images=8, progress=False)[
+        "3"
+    ].X.double()
     order, errors = greedy_removal(X.T @ X)
     scores = order_scores(order, errors, 8, 1.0)
     for ratio, k in ((0.25, 2), (0.5, 4), (0.75, 6)):
@@ -107,10 +113,16 @@ def test_least_squares_recovers_known_scales_and_leaves_dead_columns_at_one():
     torch.testing.assert_close(w, torch.tensor([1.5, 1.5], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("layer", [
-    nn.Conv2d(6, 4, 3, padding=1, groups=2), nn.Conv2d(6, 4, 1),
-    nn.ConvTranspose2d(6, 4, 4, 2, 1, groups=2), nn.Linear(6, 3)],
-    ids=["conv-grouped", "conv", "deconv-grouped", "linear"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv2d(6, 4, 3, padding=1, groups=2),
+        nn.Conv2d(6, 4, 1),
+        nn.ConvTranspose2d(6, 4, 4, 2, 1, groups=2),
+        nn.Linear(6, 3),
+    ],
+    ids=["conv-grouped", "conv", "deconv-grouped", "linear"],
+)
 def test_scaling_the_weights_equals_scaling_the_input_channels(layer):
     torch.manual_seed(0)
     x = torch.randn(2, 6, 5, 5) if not isinstance(layer, nn.Linear) else torch.randn(2, 6)
@@ -144,8 +156,9 @@ def test_group_gram_stacks_consumers_and_reads_concat_offsets():
     graph = trace(model, (x,), protected=("b", "e"))
     g = next(g for g in graph.groups if g.modules("out") == ["a"])
     assert sorted(g.modules("in")) == ["b", "e"]
-    samples = sample_consumers(model, {m: column_map(graph.records[m].inp) for m in ("b", "e")}, [(x,)],
-                               images=4, locations=10, progress=False)
+    samples = sample_consumers(
+        model, {m: column_map(graph.records[m].inp) for m in ("b", "e")}, [(x,)], images=4, locations=10, progress=False
+    )
     G, energy = group_gram(g, samples)
     Xb, Xe = samples["b"].X.double(), samples["e"].X.double()[:, 5:9]  # a sits after d's 5 channels
     torch.testing.assert_close(G, Xb.T @ Xb + Xe.T @ Xe)

@@ -1,5 +1,6 @@
 """The Trainer in one process: plain training, pruner callbacks and their timing, AMP unscaling,
 resuming and extending runs, fine-tuning an already smaller model, run-folder outputs."""
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,10 @@ FAST = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cpu")
 
 
 def loaders(n_train=48, n_val=24, batch=8):
-    return (make_loader(colour_dataset(n_train, 1), batch, train=True, seed=0),
-            make_loader(colour_dataset(n_val, 2), batch, train=False))
+    return (
+        make_loader(colour_dataset(n_train, 1), batch, train=True, seed=0),
+        make_loader(colour_dataset(n_val, 2), batch, train=False),
+    )
 
 
 def test_plain_training_learns_and_writes_the_run_folder(tmp_path):
@@ -33,8 +36,15 @@ def test_plain_training_learns_and_writes_the_run_folder(tmp_path):
     assert result.metric == "top1" and result.best >= 0.75  # chance is 1/3
     assert result.model is model  # no EMA: the trained model itself
     assert not torch.equal(before["0.weight"], model.state_dict()["0.weight"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.csv", "metrics.png"]
-    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.pt",
+        "last.prev.pt",
+        "last.pt",
+        "metrics.csv",
+        "metrics.png",
+    ]
+    with open(tmp_path / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert [int(r["step"]) for r in rows] == [12, 24, 36, 48]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
@@ -84,8 +94,9 @@ def test_each_pruner_callback_fires_at_its_documented_time(tmp_path):
         return {"top1": 0.5}
 
     train, val = loaders(n_train=24)  # 3 steps per epoch
-    result = Trainer(adapter.build(), adapter, train, val, epochs=2, out_dir=tmp_path, pruner=rec,
-                     evaluate_fn=evaluate_fn, **FAST).fit()
+    result = Trainer(
+        adapter.build(), adapter, train, val, epochs=2, out_dir=tmp_path, pruner=rec, evaluate_fn=evaluate_fn, **FAST
+    ).fit()
 
     per_epoch = ["loss_term", "after_backward"] * 3
     assert rec.events == per_epoch + ["epoch_end 0", "evaluate"] + per_epoch + ["epoch_end 1", "evaluate"]
@@ -136,8 +147,9 @@ def test_on_after_backward_sees_unscaled_gradients_under_fp16_amp(tmp_path):
         def on_after_backward(self, model):
             norms.append(torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item())
 
-    trainer = Trainer(model, adapter, train, None, epochs=1, out_dir=tmp_path, pruner=Probe(), amp=True,
-                      amp_dtype="fp16", **FAST)
+    trainer = Trainer(
+        model, adapter, train, None, epochs=1, out_dir=tmp_path, pruner=Probe(), amp=True, amp_dtype="fp16", **FAST
+    )
     assert trainer.scaler.is_enabled() and trainer.scaler.get_scale() > 1000
     trainer.fit()
     assert norms[0] == pytest.approx(ref_norm, rel=0.05)
@@ -152,8 +164,11 @@ def test_a_pruned_smaller_model_is_fine_tuned_as_given(tmp_path):
     assert pruned[0].weight.shape[0] == 5
 
     dense = adapter.build()
-    with pytest.raises(CheckpointError, match=r"'0.weight' is \[5, 3, 3, 3\] in the checkpoint but \[8, 3, 3, 3\] "
-                                              r"in the model; a checkpoint of a pruned model needs the pruned architecture"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"'0.weight' is \[5, 3, 3, 3\] in the checkpoint but \[8, 3, 3, 3\] "
+        r"in the model; a checkpoint of a pruned model needs the pruned architecture",
+    ):
         Trainer(dense, adapter, train, val, epochs=2, out_dir=tmp_path, **FAST).fit(resume=True)
 
 
@@ -191,14 +206,23 @@ def test_ema_is_what_gets_evaluated_and_saved_as_best(tmp_path):
     adapter = TinyAdapter()
     model = adapter.build()
     train, val = loaders()
-    trainer = Trainer(model, adapter, train, val, epochs=2, out_dir=tmp_path, ema=True, ema_tau=5, **FAST)
+    seen = []
+
+    def evaluate_fn(evaluated, loader):  # improves every epoch, so best.pt is the last epoch's
+        seen.append(evaluated)
+        return {"top1": float(len(seen))}
+
+    trainer = Trainer(
+        model, adapter, train, val, epochs=2, out_dir=tmp_path, ema=True, ema_tau=5, evaluate_fn=evaluate_fn, **FAST
+    )
     result = trainer.fit()
     assert result.model is trainer.ema.module and result.model is not model
+    assert seen == [trainer.ema.module] * 2  # the average is what gets evaluated
     assert trainer.ema.updates == trainer.step == 12
     w_ema, w = result.model[0].weight, model[0].weight
     assert not torch.equal(w_ema, w)
     best = load_checkpoint(tmp_path / "best.pt")["model"]
-    assert torch.equal(best["0.weight"], w_ema) if result.best_epoch == 2 else True
+    assert result.best_epoch == 2 and torch.equal(best["0.weight"], w_ema)
     assert torch.equal(load_checkpoint(tmp_path / "last.pt")["ema"]["module"]["0.weight"], w_ema)
 
 
@@ -210,8 +234,11 @@ def test_a_diverging_loss_stops_with_a_clear_error(tmp_path):
         def loss_term(self, model, outputs, batch):
             return torch.tensor(float("nan"))
 
-    with pytest.raises(TrainingDivergedError, match=r"loss is not finite at epoch 1, step 2 \(lr .*\); lower the "
-                                                    r"learning rate or set a gradient clip"):
+    with pytest.raises(
+        TrainingDivergedError,
+        match=r"loss is not finite at epoch 1, step 2 \(lr .*\); lower the "
+        r"learning rate or set a gradient clip",
+    ):
         Trainer(adapter.build(), adapter, train, None, epochs=1, out_dir=tmp_path, pruner=Blowup(), **FAST).fit()
 
 
@@ -220,8 +247,18 @@ def test_optimizers_clipping_and_channels_last_train(tmp_path, opt):
     adapter = TinyAdapter()
     model = adapter.build()
     train, val = loaders()
-    result = Trainer(model, adapter, train, val, epochs=1, out_dir=tmp_path, optimizer=opt, clip_grad_norm=1.0,
-                     channels_last=True, **{**FAST, "lr": 0.01 if opt == "adamw" else 0.05}).fit()
+    result = Trainer(
+        model,
+        adapter,
+        train,
+        val,
+        epochs=1,
+        out_dir=tmp_path,
+        optimizer=opt,
+        clip_grad_norm=1.0,
+        channels_last=True,
+        **{**FAST, "lr": 0.01 if opt == "adamw" else 0.05},
+    ).fit()
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
@@ -243,8 +280,17 @@ def test_bad_options_are_clear_errors(tmp_path):
 def test_amp_on_cuda_trains_saves_and_resumes(tmp_path, dtype):
     adapter = TinyAdapter()
     train, val = loaders(n_train=96)
-    opts = dict(lr=0.05, warmup_epochs=0.5, progress=False, device="cuda", amp=True, amp_dtype=dtype,
-                channels_last=True, ema=True, ema_tau=20)
+    opts = dict(
+        lr=0.05,
+        warmup_epochs=0.5,
+        progress=False,
+        device="cuda",
+        amp=True,
+        amp_dtype=dtype,
+        channels_last=True,
+        ema=True,
+        ema_tau=20,
+    )
     trainer = Trainer(adapter.build(), adapter, train, val, epochs=3, out_dir=tmp_path, **opts)
     assert trainer.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     assert trainer.scaler.is_enabled() == (dtype == "fp16")  # bf16 needs no loss scaling

@@ -1,13 +1,14 @@
 """``detprune train`` end to end on a tiny image-folder dataset: the run folder, --resume to more
 epochs, fine-tuning a smaller model from --weights, and one-line errors."""
+
 from __future__ import annotations
 
 import csv
 
 import pytest
 import torch
-from conftest import REPO, make_colour_folder
 
+from conftest import REPO, make_colour_folder
 from detprune.cli import main
 from detprune.training.checkpoint import load_checkpoint
 
@@ -19,8 +20,29 @@ def folder(tmp_path_factory):
 
 
 def train(folder, out, *extra):
-    return main(["train", "--model", "vgg16-cifar", "--width", "0.125", "--data", str(folder), "--out", str(out),
-                 "--batch-size", "8", "--workers", "0", "--device", "cpu", "--no-progress", "--lr", "0.02", *extra])
+    return main(
+        [
+            "train",
+            "--model",
+            "vgg16-cifar",
+            "--width",
+            "0.125",
+            "--data",
+            str(folder),
+            "--out",
+            str(out),
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--lr",
+            "0.02",
+            *extra,
+        ]
+    )
 
 
 def test_train_writes_the_run_folder_and_resumes_to_more_epochs(folder, tmp_path, capsys):
@@ -33,7 +55,8 @@ def test_train_writes_the_run_folder_and_resumes_to_more_epochs(folder, tmp_path
     assert state["config"]["optimizer"] == "sgd" and state["config"]["weight_decay"] == 5e-4
 
     assert train(folder, out, "--epochs", "3", "--resume") == 0
-    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and [r["step"] for r in rows] == ["2", "4", "6"]
 
     assert train(folder, out, "--epochs", "3") == 2  # a second run into the same folder is refused
@@ -48,9 +71,33 @@ def test_starts_from_weights_and_resume_finds_them_again(folder, tmp_path, capsy
     small = detprune.plugins().adapter("vgg16-cifar", num_classes=2, width=0.125).build()
     torch.save(small.state_dict(), tmp_path / "small.pt")
     out = tmp_path / "ft"
-    assert main(["train", "--model", "vgg16-cifar", "--width", "0.125", "--data", str(folder), "--out", str(out),
-                 "--weights", str(tmp_path / "small.pt"), "--epochs", "1", "--batch-size", "8", "--workers", "0",
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vgg16-cifar",
+                "--width",
+                "0.125",
+                "--data",
+                str(folder),
+                "--out",
+                str(out),
+                "--weights",
+                str(tmp_path / "small.pt"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(out / "last.pt")["meta"]["weights"] == str((tmp_path / "small.pt").resolve())
     assert train(folder, out, "--epochs", "2", "--resume") == 0
 
@@ -71,8 +118,25 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_file(folder, tmp_path, ca
 
 
 def test_model_and_dataset_task_must_agree(folder, tmp_path, capsys):
-    rc = main(["train", "--model", "yolov3", "--data", str(folder), "--out", str(tmp_path / "x"), "--epochs", "1",
-               "--device", "cpu", "--workers", "0", "--img-size", "64"])
+    rc = main(
+        [
+            "train",
+            "--model",
+            "yolov3",
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "x"),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--img-size",
+            "64",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "model 'yolov3' is a detection model but" in err and "is a classification dataset" in err

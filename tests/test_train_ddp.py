@@ -1,5 +1,6 @@
 """Two processes under torchrun with gloo on the CPU: they train in lock-step, only rank 0 writes,
 and the reported top-1 is the exact top-1 of the whole validation set (not a per-rank average)."""
+
 from __future__ import annotations
 
 import csv
@@ -28,15 +29,37 @@ def free_port() -> int:
 @pytest.mark.timeout(300)
 def test_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(SCRIPT), "--out", str(tmp_path / "run"), "--per-rank-out",
-           "--epochs", "2", "--weights", str(tmp_path / "final.pt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(SCRIPT),
+        "--out",
+        str(tmp_path / "run"),
+        "--per-rank-out",
+        "--epochs",
+        "2",
+        "--weights",
+        str(tmp_path / "final.pt"),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=280, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "done rank 0" in out.stdout and "done rank 1" in out.stdout
 
     rank0, rank1 = tmp_path / "run" / "rank0", tmp_path / "run" / "rank1"
-    assert sorted(p.name for p in rank0.iterdir()) == ["best.pt", "last.prev.pt", "last.pt", "metrics.csv", "metrics.png"]
+    assert sorted(p.name for p in rank0.iterdir()) == [
+        "best.pt",
+        "last.prev.pt",
+        "last.pt",
+        "metrics.csv",
+        "metrics.png",
+    ]
     assert not rank1.exists()  # rank 1 was handed its own folder and wrote nothing there
 
     w0 = torch.load(tmp_path / "final.pt.rank0", weights_only=True)
@@ -56,6 +79,7 @@ def test_two_gloo_processes_train_and_only_rank0_writes(tmp_path):
     model.load_state_dict(w0["ema"])
     loader = torch.utils.data.DataLoader(colour_dataset(30, 2), batch_size=8)
     expected = validate(model, adapter, loader, torch.device("cpu"))["top1"]
-    rows = list(csv.DictReader(open(rank0 / "metrics.csv")))
+    with open(rank0 / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert float(rows[-1]["top1"]) == pytest.approx(expected, abs=1e-6)
     assert state["history"][-1]["top1"] == pytest.approx(expected, abs=1e-12)

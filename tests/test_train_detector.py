@@ -1,6 +1,7 @@
 """The Trainer on a real detector adapter and the synthetic VisDrone-format data: the detection
 metric path (decode -> pycocotools through detprune.eval.evaluate) and, slow-marked, a short training
 run that lifts mAP@0.5 from ~0 to well above it."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,8 +51,13 @@ class HalfOracle:
             anns = [a for a in self.gt.loadAnns(self.gt.getAnnIds(imgIds=[meta["image_id"]])) if not a["iscrowd"]][::2]
             xywh = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
             labels = torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.long)
-            out.append({"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
-                        "scores": torch.full((len(anns),), 0.9), "labels": labels})
+            out.append(
+                {
+                    "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                    "scores": torch.full((len(anns),), 0.9),
+                    "labels": labels,
+                }
+            )
         return out
 
 
@@ -63,8 +69,9 @@ def test_detection_validation_matches_the_evaluator(tmp_path_factory, tmp_path):
     adapter = HalfOracle(small_yolov3(root), ds)
     model = adapter.build()
     loader = make_loader(ds, 3, train=False)  # 4 images in batches of 3: a partial last batch
-    trainer = Trainer(model, adapter, make_loader(ds, 2, train=True), loader, epochs=1, out_dir=tmp_path,
-                      progress=False, device="cpu")
+    trainer = Trainer(
+        model, adapter, make_loader(ds, 2, train=True), loader, epochs=1, out_dir=tmp_path, progress=False, device="cpu"
+    )
     ours = trainer.evaluate()
     ref = evaluate_model(model, adapter, loader, progress=False)
     assert set(ours) == {"map50", "map50_500", "map"}
@@ -85,9 +92,21 @@ def test_training_a_small_detector_raises_map50(tmp_path_factory, tmp_path):
     adapter = small_yolov3(root)
     seed_everything(0)
     model = adapter.build()
-    trainer = Trainer(model, adapter, make_loader(ds, 4, train=True, seed=0), make_loader(ds, 8, train=False),
-                      epochs=80, out_dir=tmp_path, optimizer="adamw", lr=2e-3, weight_decay=5e-4, warmup_epochs=2,
-                      eval_every=80, progress=False, device="cpu")
+    trainer = Trainer(
+        model,
+        adapter,
+        make_loader(ds, 4, train=True, seed=0),
+        make_loader(ds, 8, train=False),
+        epochs=80,
+        out_dir=tmp_path,
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=5e-4,
+        warmup_epochs=2,
+        eval_every=80,
+        progress=False,
+        device="cpu",
+    )
     before = trainer.evaluate()["map50"]
     result = trainer.fit()
     after = result.history[-1]["map50"]

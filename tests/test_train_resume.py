@@ -1,4 +1,5 @@
 """A run killed after epoch k and resumed ends with exactly the weights of an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def kill_after_epoch(k: int, *args: str, timeout: float = 240) -> None:
     """Start training, SIGKILL it as soon as it reports epoch ``k`` saved (it is then inside epoch k+1)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     deadline, seen = time.monotonic() + timeout, []
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
@@ -37,7 +39,7 @@ def kill_after_epoch(k: int, *args: str, timeout: float = 240) -> None:
                 break
             assert time.monotonic() < deadline, "".join(seen)
         else:
-            raise AssertionError("the run ended before epoch %d was saved:\n%s" % (k, "".join(seen)))
+            raise AssertionError(f"the run ended before epoch {k} was saved:\n{''.join(seen)}")
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL

@@ -4,6 +4,7 @@ Trainer tests. The subprocess tests (kill/resume, torchrun) run this file as a s
 The task is learnable in a few epochs on the CPU: the label is the colour channel with the
 largest mean, so top-1 rises well above chance (1/3) when training works.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,15 @@ class TinyAdapter:
     def build(self) -> nn.Module:
         w, n = self.args["width"], self.args["num_classes"]
         return nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1, stride=2), nn.BatchNorm2d(2 * w), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, n),
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, padding=1, stride=2),
+            nn.BatchNorm2d(2 * w),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(2 * w, n),
         )
 
     def example_inputs(self, batch_size: int = 1):
@@ -96,12 +103,28 @@ def main(argv: list[str] | None = None) -> int:
     val = make_loader(colour_dataset(30, 2), 8, train=False)
     out = Path(args.out) / f"rank{D.rank()}" if args.per_rank_out else Path(args.out)
     pruner = SlowPruner(args.step_sleep) if args.step_sleep else None
-    trainer = Trainer(model, adapter, train, val, epochs=args.epochs, out_dir=out, pruner=pruner, lr=0.05,
-                      warmup_epochs=1, deterministic=True, progress=False, device="cpu", ema=True, ema_tau=20)
+    trainer = Trainer(
+        model,
+        adapter,
+        train,
+        val,
+        epochs=args.epochs,
+        out_dir=out,
+        pruner=pruner,
+        lr=0.05,
+        warmup_epochs=1,
+        deterministic=True,
+        progress=False,
+        device="cpu",
+        ema=True,
+        ema_tau=20,
+    )
     result = trainer.fit(resume=args.resume)
     if args.weights:
-        torch.save({"model": trainer.model.state_dict(), "ema": result.model.state_dict(), "best": result.best},
-                   f"{args.weights}.rank{D.rank()}")
+        torch.save(
+            {"model": trainer.model.state_dict(), "ema": result.model.state_dict(), "best": result.best},
+            f"{args.weights}.rank{D.rank()}",
+        )
     print(f"done rank {D.rank()} best {result.best}", flush=True)
     D.shutdown()
     return 0

@@ -4,6 +4,7 @@ Every entry of ``TOYS`` builds a model and its example input; tests prove prunin
 all of them. ``YoloToy`` (routes, a C2f-style ``chunk``, an SPP block, two heads) is also the
 detector toy of ``detprune bench engine`` (it lives in ``detprune.bench.toys``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -153,7 +154,9 @@ class ShuffleUnit(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         h = c // 2
-        self.branch = nn.Sequential(cbr(h, h, 1), nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h), cbr(h, h, 1))
+        self.branch = nn.Sequential(
+            cbr(h, h, 1), nn.Conv2d(h, h, 3, 1, 1, groups=h, bias=False), nn.BatchNorm2d(h), cbr(h, h, 1)
+        )
 
     def forward(self, x):
         x1, x2 = x.chunk(2, dim=1)

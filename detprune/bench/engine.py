@@ -13,6 +13,7 @@ cell is the median of ``--repeat`` runs on fresh copies (the machine may be shar
     detprune bench engine --models resnet18,shufflenet_v2_x1_0 --fx
     detprune bench engine --models yolo_toy --detectors --size 320   # detprune's YOLOv3 and CenterNet
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,28 @@ from torch import nn
 import detprune  # noqa: E402
 from detprune.graph import trace  # noqa: E402
 
-ZOO = ["resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "densenet121", "googlenet",
-       "shufflenet_v2_x1_0", "efficientnet_b0", "regnet_y_400mf", "resnext50_32x4d", "squeezenet1_1",
-       "inception_v3", "yolo_toy"]
+ZOO = [
+    "resnet18",
+    "resnet50",
+    "vgg16_bn",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "densenet121",
+    "googlenet",
+    "shufflenet_v2_x1_0",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "resnext50_32x4d",
+    "squeezenet1_1",
+    "inception_v3",
+    "yolo_toy",
+]
 QUICK = ["resnet18", "mobilenet_v2", "shufflenet_v2_x1_0", "googlenet", "yolo_toy"]
 DETECTORS = ["yolov3", "centernet-resnet18"]
-EXTRA = {"googlenet": {"aux_logits": False, "init_weights": True},
-         "inception_v3": {"aux_logits": False, "init_weights": True}}
+EXTRA = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
 
 
 def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
@@ -102,8 +118,13 @@ def attempt(fn, dense: nn.Module, x: torch.Tensor, ref_shapes, repeat: int) -> d
         kept = sum(p.numel() for p in pruned.parameters()) / n0
         return {"ok": same and kept < 0.999, "s": seconds, "kept": kept, "same": same, "err": ""}
     except Exception as exc:  # noqa: BLE001 - a library failing on a model is a result
-        return {"ok": False, "s": float("nan"), "kept": float("nan"), "same": False,
-                "err": f"{type(exc).__name__}: {str(exc).splitlines()[0][:70] if str(exc) else ''}"}
+        return {
+            "ok": False,
+            "s": float("nan"),
+            "kept": float("nan"),
+            "same": False,
+            "err": f"{type(exc).__name__}: {str(exc).splitlines()[0][:70] if str(exc) else ''}",
+        }
 
 
 def fx_trace(model: nn.Module, x: torch.Tensor) -> tuple[bool, float, str]:
@@ -151,7 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=None, help="input size (default 224, 64 with --quick)")
     ap.add_argument("--ratio", type=float, default=0.3)
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
-    ap.add_argument("--fx", action="store_true", help="also time torch.fx.symbolic_trace + ShapeProp and torch.export vs detprune's capture")
+    ap.add_argument(
+        "--fx",
+        action="store_true",
+        help="also time torch.fx.symbolic_trace + ShapeProp and torch.export vs detprune's capture",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs per library and model; the median is shown")
     args = ap.parse_args(argv)
@@ -168,8 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tp:
         run_tp(copy.deepcopy(warm), wx, args.ratio, output_layers(warm, wx))
 
-    print(f"# {args.ratio:.0%} L1 channel pruning, input {size}x{size}, batch 1, {torch.get_num_threads()} CPU threads, "
-          f"torch {torch.__version__}")
+    print(
+        f"# {args.ratio:.0%} L1 channel pruning, input {size}x{size}, batch 1, {torch.get_num_threads()} CPU threads, "
+        f"torch {torch.__version__}"
+    )
     head = f"{'model':20s} | {'detprune':>8s} {'s':>6s} {'kept':>6s} {'shapes':>6s}"
     if not args.no_tp:
         head += f" | {'TP':>8s} {'s':>6s} {'kept':>6s} {'shapes':>6s} | {'dp/TP':>6s}"
@@ -183,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         dense, x = build(name, size)
         with torch.no_grad():
             ref = shapes(dense(x))
-        dp = attempt(lambda m: run_detprune(m, x, args.ratio), dense, x, ref, args.repeat)
+        dp = attempt(lambda m, x=x: run_detprune(m, x, args.ratio), dense, x, ref, args.repeat)
         row = f"{name:20s} | {'ok' if dp['ok'] else 'FAIL':>8s} {dp['s']:6.2f} {dp['kept']:6.3f} {str(dp['same']):>6s}"
         tot["dp_ok"] += dp["ok"]
         tot["dp"] += dp["s"] if dp["ok"] else 0.0
@@ -192,9 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tp:
             outs = {id(m): n for n, m in dense.named_modules()}
             outs = {outs[id(m)] for m in output_layers(dense, x)}
-            tpr = attempt(lambda m: run_tp(m, x, args.ratio, [m.get_submodule(n) for n in outs]), dense, x, ref, args.repeat)
+            tpr = attempt(
+                lambda m, x=x, outs=outs: run_tp(m, x, args.ratio, [m.get_submodule(n) for n in outs]),
+                dense,
+                x,
+                ref,
+                args.repeat,
+            )
             ratio = dp["s"] / tpr["s"] if dp["ok"] and tpr["ok"] else float("nan")
-            row += f" | {'ok' if tpr['ok'] else 'FAIL':>8s} {tpr['s']:6.2f} {tpr['kept']:6.3f} {str(tpr['same']):>6s} | {ratio:6.2f}"
+            row += (
+                f" | {'ok' if tpr['ok'] else 'FAIL':>8s} {tpr['s']:6.2f} {tpr['kept']:6.3f} {str(tpr['same']):>6s}"
+                f" | {ratio:6.2f}"
+            )
             tot["tp_ok"] += tpr["ok"]
             tot["tp"] += tpr["s"] if tpr["ok"] else 0.0
             if dp["ok"] and tpr["ok"]:
@@ -217,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     line = f"{'total':20s} | {tot['dp_ok']:>5d}/{len(names):<2d} {tot['dp']:6.2f}"
     if not args.no_tp:
         ratio = tot["both_dp"] / tot["both_tp"] if tot["both_tp"] else float("nan")
-        line += (f" {'':6s} {'':6s} | {tot['tp_ok']:>5d}/{len(names):<2d} {tot['tp']:6.2f} {'':6s} {'':6s} | {ratio:6.2f}"
-                 f"   (time ratio over the {tot['both']} models both pruned)")
+        line += (
+            f" {'':6s} {'':6s} | {tot['tp_ok']:>5d}/{len(names):<2d} {tot['tp']:6.2f} {'':6s} {'':6s} | {ratio:6.2f}"
+            f"   (time ratio over the {tot['both']} models both pruned)"
+        )
     print(line)
     for n in notes:
         print("  " + n)

@@ -7,6 +7,7 @@ Scores jittered ground truth of a real VisDrone split (default: the 548 val anno
 ``all`` area range (the only one it reports) and reuses the cached GT; ``--iou50`` also shows the
 IoU-0.5-only mode used inside training loops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,14 @@ def jittered(ds, seed=0):
     preds = []
     for r in ds.records:
         b = (r.boxes + rng.normal(0, 2, r.boxes.shape)).astype(np.float32)
-        preds.append({"image_id": r.image_id, "boxes": torch.from_numpy(b),
-                      "scores": torch.from_numpy(rng.random(len(b)).astype(np.float32)),
-                      "labels": torch.from_numpy(r.labels)})
+        preds.append(
+            {
+                "image_id": r.image_id,
+                "boxes": torch.from_numpy(b),
+                "scores": torch.from_numpy(rng.random(len(b)).astype(np.float32)),
+                "labels": torch.from_numpy(r.labels),
+            }
+        )
     return preds
 
 
@@ -41,8 +47,13 @@ def torchmetrics_map(ds, preds):
         n_ign = len(r.ignore) * ds.num_classes
         boxes = np.concatenate([r.boxes, np.repeat(r.ignore, ds.num_classes, 0)])
         labels = np.concatenate([r.labels, np.tile(np.arange(ds.num_classes), len(r.ignore))])
-        targets.append({"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
-                        "iscrowd": torch.tensor([0] * len(r.boxes) + [1] * n_ign)})
+        targets.append(
+            {
+                "boxes": torch.from_numpy(boxes),
+                "labels": torch.from_numpy(labels),
+                "iscrowd": torch.tensor([0] * len(r.boxes) + [1] * n_ign),
+            }
+        )
     m.update([{k: p[k] for k in ("boxes", "scores", "labels")} for p in preds], targets)
     return float(m.compute()["map_50"])
 
@@ -57,7 +68,9 @@ def timed(fn, repeat):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="detprune bench evaluate-speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="detprune bench evaluate-speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--root", default=str(shared_data("visdrone-annotations")))
     ap.add_argument("--split", default="val")
     ap.add_argument("--repeat", type=int, default=2)

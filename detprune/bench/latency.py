@@ -12,6 +12,7 @@ CPU, ``onnxruntime`` is the deploy mode.
     detprune bench latency --model yolov3 --size 416 --half --modes eager,cuda-graph   # GPU
     detprune bench latency --quick                       # resnet18 at 128, few iterations
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--round-to", default="none,8", help="comma list: none and/or integers")
-    ap.add_argument("--modes", default=None, help="latency modes (default: eager,cuda-graph on GPU; eager,onnxruntime on CPU)")
+    ap.add_argument(
+        "--modes", default=None, help="latency modes (default: eager,cuda-graph on GPU; eager,onnxruntime on CPU)"
+    )
     ap.add_argument("--iters", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,11 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     pruned = {}
     for r in rounds:
         result = detprune.prune(dense, x1, ratio=args.ratio, protected=protected, round_to=r)
-        pruned[r] = (result.model, flops_dense / count_flops(result.model, (x1,)), result.params_after / result.params_before)
+        pruned[r] = (
+            result.model,
+            flops_dense / count_flops(result.model, (x1,)),
+            result.params_after / result.params_before,
+        )
 
-    print(f"# {what}, input {size}x{size}, {args.ratio:.0%} L1 prune, device {args.device}"
-          f"{' fp16' if dtype == torch.float16 else ''}, {torch.get_num_threads()} CPU threads, median of {iters}")
-    head = f"{'mode':11s} {'batch':>5s} {'round_to':>8s} | {'dense ms':>9s} {'pruned ms':>9s} | {'params':>6s} {'FLOPs cut':>9s} {'speedup':>7s} {'realized':>8s}"
+    print(
+        f"# {what}, input {size}x{size}, {args.ratio:.0%} L1 prune, device {args.device}"
+        f"{' fp16' if dtype == torch.float16 else ''}, {torch.get_num_threads()} CPU threads, median of {iters}"
+    )
+    head = (
+        f"{'mode':11s} {'batch':>5s} {'round_to':>8s} | {'dense ms':>9s} {'pruned ms':>9s} | "
+        f"{'params':>6s} {'FLOPs cut':>9s} {'speedup':>7s} {'realized':>8s}"
+    )
     print(head)
     print("-" * len(head))
     for mode in modes:
@@ -102,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in rounds:
                 _, cut, kept = pruned[r]
                 speedup = times["dense"] / times[r]
-                print(f"{mode:11s} {b:5d} {str(r):>8s} | {times['dense']:9.2f} {times[r]:9.2f} | {kept:6.3f} {cut:9.2f} "
-                      f"{speedup:7.2f} {speedup / cut:8.2f}", flush=True)
+                print(
+                    f"{mode:11s} {b:5d} {str(r):>8s} | {times['dense']:9.2f} {times[r]:9.2f} | {kept:6.3f} {cut:9.2f} "
+                    f"{speedup:7.2f} {speedup / cut:8.2f}",
+                    flush=True,
+                )
     return 0
 
 

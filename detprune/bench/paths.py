@@ -5,6 +5,7 @@
 package. Dataset cards come from the checkout's ``datasets/`` folder. From an installed wheel
 without either, a benchmark falls back to synthetic data or says which folder it needs.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,6 +28,8 @@ def dataset_card(name: str) -> Path:
     """``<checkout>/datasets/<name>``, or an error saying the cards ship with the source checkout."""
     path = CHECKOUT / "datasets" / name
     if not path.is_file():
-        raise DetpruneError(f"dataset card {path} not found: the cards in datasets/ ship with the source checkout; "
-                            "pass the card's path instead")
+        raise DetpruneError(
+            f"dataset card {path} not found: the cards in datasets/ ship with the source checkout; "
+            "pass the card's path instead"
+        )
     return path

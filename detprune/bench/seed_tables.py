@@ -24,6 +24,7 @@ data and budgets are CPU-sized with --quick.
     detprune bench seed-tables --quick --only yolov3 --yolo-data hit-uav --set yolov3.img_size=640
                                                                  # --set STUDY.KEY=VALUE: any study setting
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,7 @@ class Study:
 
     name: str
     model: str
-    data: Any = None                       # card / folder; None = the synthetic drone set
+    data: Any = None  # card / folder; None = the synthetic drone set
     train_split: str = "train"
     val_split: str = "val"
     img_size: int | None = None
@@ -97,30 +98,62 @@ class Study:
 
 def studies(quick: bool, yolo_data: str) -> list[Study]:
     cifar = SHARED / "cifar10-sample"
-    drone = dict(data=None) if yolo_data == "synthetic" else dict(
-        data=CHECKOUT / "datasets" / "hit-uav.yaml", train_split="val", val_split="test")
-    yolo = Study("yolov3", "yolov3", img_size=DEMO.img_size, width=DEMO.width, model_args={"depth": DEMO.depth},
-                 dense_epochs=DEMO.dense_epochs, sparsity=DEMO.sparsity, ratio=DEMO.ratio,
-                 finetune_epochs=DEMO.finetune_epochs, batch_size=DEMO.batch_size, optimizer=DEMO.optimizer,
-                 lr=DEMO.lr, finetune_lr=DEMO.finetune_lr, **drone)
+    drone = (
+        dict(data=None)
+        if yolo_data == "synthetic"
+        else dict(data=CHECKOUT / "datasets" / "hit-uav.yaml", train_split="val", val_split="test")
+    )
+    yolo = Study(
+        "yolov3",
+        "yolov3",
+        img_size=DEMO.img_size,
+        width=DEMO.width,
+        model_args={"depth": DEMO.depth},
+        dense_epochs=DEMO.dense_epochs,
+        sparsity=DEMO.sparsity,
+        ratio=DEMO.ratio,
+        finetune_epochs=DEMO.finetune_epochs,
+        batch_size=DEMO.batch_size,
+        optimizer=DEMO.optimizer,
+        lr=DEMO.lr,
+        finetune_lr=DEMO.finetune_lr,
+        **drone,
+    )
     # CenterNet res_18 / 4 from scratch learns slowly: 30 AdamW epochs reached 0.114 held-out mAP@0.5
     # without the sparsity term and 0.076 with s = 1e-2 (12 epochs: 0.005).
-    centernet = Study("centernet", "centernet-resnet18", img_size=256, width=0.25, model_args={"head_conv": 32},
-                      dense_epochs=30, sparsity=1e-2, ratio=0.5, finetune_epochs=5, batch_size=8,
-                      optimizer="adamw", lr=3e-3, finetune_lr=1e-3, **drone)
+    centernet = Study(
+        "centernet",
+        "centernet-resnet18",
+        img_size=256,
+        width=0.25,
+        model_args={"head_conv": 32},
+        dense_epochs=30,
+        sparsity=1e-2,
+        ratio=0.5,
+        finetune_epochs=5,
+        batch_size=8,
+        optimizer="adamw",
+        lr=3e-3,
+        finetune_lr=1e-3,
+        **drone,
+    )
     # VGG16 as in Network Slimming (SGD lr 0.1, batch 64, prune 70 %). Quick: s = 5e-3, measured on
     # VGG16/4, 2000 images, 15 epochs: s = 0 gives 44.8 % top-1 but no sparsity; 5e-3 gives 35.7 % with 70 %
     # of |γ| under 0.004 (the NS premise); the paper's total pull Σ lr·s (s ≈ 0.028 here) gave 18 %.
     # Fine-tuning at lr 0.01 (FilterSketch's fine-tuning lr) for every arm.
-    vgg = Study("vgg16", "vgg16-cifar", data=cifar, val_split="test", ratio=0.7, alphas=(0.2, 0.3, 0.5),
-                finetune_lr=0.01)
+    vgg = Study(
+        "vgg16", "vgg16-cifar", data=cifar, val_split="test", ratio=0.7, alphas=(0.2, 0.3, 0.5), finetune_lr=0.01
+    )
     if quick:
-        vgg = replace(vgg, width=0.25, dense_epochs=15, sparsity=5e-3, finetune_epochs=5, train_limit=2000,
-                      val_limit=2000)
+        vgg = replace(
+            vgg, width=0.25, dense_epochs=15, sparsity=5e-3, finetune_epochs=5, train_limit=2000, val_limit=2000
+        )
         return [vgg, yolo, centernet]
-    return [replace(vgg, dense_epochs=160, sparsity=1e-4, finetune_epochs=40),
-            replace(yolo, width=0.5, img_size=416, model_args={"depth": 1.0}, dense_epochs=60, finetune_epochs=20),
-            replace(centernet, width=1.0, img_size=512, dense_epochs=60, finetune_epochs=20)]
+    return [
+        replace(vgg, dense_epochs=160, sparsity=1e-4, finetune_epochs=40),
+        replace(yolo, width=0.5, img_size=416, model_args={"depth": 1.0}, dense_epochs=60, finetune_epochs=20),
+        replace(centernet, width=1.0, img_size=512, dense_epochs=60, finetune_epochs=20),
+    ]
 
 
 def dense_model(study: Study, out: Path, device: str | None, retrain: bool) -> Path:
@@ -136,9 +169,20 @@ def dense_model(study: Study, out: Path, device: str | None, retrain: bool) -> P
     adapter, model, _ = build_model(cfg, data)
     pruner = detprune.plugins().pruner("slimming", s=study.sparsity)
     pruner.attach(trace(model, adapter.example_inputs(1), protected=tuple(adapter.protected(model))))
-    print(f"[{study.name}] sparsity training from scratch: {study.dense_epochs} epochs, s={study.sparsity}", file=sys.stderr)
-    model, _ = train(model, adapter, data, cfg, study.dense_epochs, out / study.name / "train-dense",
-                     resolve_device(device), pruner=pruner)
+    print(
+        f"[{study.name}] sparsity training from scratch: {study.dense_epochs} epochs, s={study.sparsity}",
+        file=sys.stderr,
+    )
+    model, _ = train(
+        model,
+        adapter,
+        data,
+        cfg,
+        study.dense_epochs,
+        out / study.name / "train-dense",
+        resolve_device(device),
+        pruner=pruner,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, path)
     return path
@@ -147,17 +191,40 @@ def dense_model(study: Study, out: Path, device: str | None, retrain: bool) -> P
 def dense_key(study: Study) -> str:
     import hashlib
 
-    keep = {k: v for k, v in asdict(study).items() if k not in ("ratio", "finetune_epochs", "alphas", "finetune_lr",
-                                                                  "val_limit")}
+    keep = {
+        k: v
+        for k, v in asdict(study).items()
+        if k not in ("ratio", "finetune_epochs", "alphas", "finetune_lr", "val_limit")
+    }
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _is_the_demo(study: Study) -> bool:
-    return (study.model == "yolov3" and study.data is None and study.train_limit == FULL.train_limit
-            and (study.img_size, study.width, study.model_args.get("depth"), study.dense_epochs, study.sparsity,
-                 study.batch_size, study.optimizer, study.lr)
-            == (FULL.img_size, FULL.width, FULL.depth, FULL.dense_epochs, FULL.sparsity, FULL.batch_size,
-                FULL.optimizer, FULL.lr))
+    return (
+        study.model == "yolov3"
+        and study.data is None
+        and study.train_limit == FULL.train_limit
+        and (
+            study.img_size,
+            study.width,
+            study.model_args.get("depth"),
+            study.dense_epochs,
+            study.sparsity,
+            study.batch_size,
+            study.optimizer,
+            study.lr,
+        )
+        == (
+            FULL.img_size,
+            FULL.width,
+            FULL.depth,
+            FULL.dense_epochs,
+            FULL.sparsity,
+            FULL.batch_size,
+            FULL.optimizer,
+            FULL.lr,
+        )
+    )
 
 
 def with_anchors(study: Study) -> Study:
@@ -165,16 +232,34 @@ def with_anchors(study: Study) -> Study:
     if study.model != "yolov3" or "anchors" in study.model_args:
         return study
     card = default_card() if study.data is None else load_card(study.data)
-    return replace(study, model_args={**study.model_args, "anchors": dataset_anchors(card, study.img_size,
-                                                                                  split=study.train_split)})
+    return replace(
+        study,
+        model_args={**study.model_args, "anchors": dataset_anchors(card, study.img_size, split=study.train_split)},
+    )
 
 
 def _pipeline_config(study: Study, out: Path, device: str | None, **kw: Any):
-    base = dict(model=study.model, out=out, data=study.data, train_split=study.train_split,
-                val_split=study.val_split, img_size=study.img_size, width=study.width, model_args=study.model_args,
-                batch_size=study.batch_size, device=device, optimizer=study.optimizer, lr=study.lr,
-                finetune_lr=study.finetune_lr, train_limit=study.train_limit, val_limit=study.val_limit,
-                iou_range=False, latency_iters=10, progress=False, overwrite=True)
+    base = dict(
+        model=study.model,
+        out=out,
+        data=study.data,
+        train_split=study.train_split,
+        val_split=study.val_split,
+        img_size=study.img_size,
+        width=study.width,
+        model_args=study.model_args,
+        batch_size=study.batch_size,
+        device=device,
+        optimizer=study.optimizer,
+        lr=study.lr,
+        finetune_lr=study.finetune_lr,
+        train_limit=study.train_limit,
+        val_limit=study.val_limit,
+        iou_range=False,
+        latency_iters=10,
+        progress=False,
+        overwrite=True,
+    )
     return PipelineConfig(**{**base, **kw})
 
 
@@ -184,25 +269,48 @@ def run_study(study: Study, out: Path, device: str | None, retrain: bool) -> lis
     arms = [("NS", dict(shortcut="shared", compensators=[]))]
     arms += [(f"NS+sketch a={a}", dict(shortcut="sketch", compensators=["sketch"], alpha=a)) for a in study.alphas]
     # the reading that keeps channel identities (issue 7: try it when rebasing hurts before fine-tuning)
-    arms += [("NS+sketch procrustes a=0.3", dict(shortcut="sketch", compensators=["sketch"], alpha=0.3,
-                                                 compensator_options={"variant": "procrustes"}))]
+    arms += [
+        (
+            "NS+sketch procrustes a=0.3",
+            dict(shortcut="sketch", compensators=["sketch"], alpha=0.3, compensator_options={"variant": "procrustes"}),
+        )
+    ]
     rows, reports = [], {}
     for name, settings in arms:
         t0 = time.perf_counter()
-        cfg = _pipeline_config(study, out / study.name / name.replace(" ", "_").replace("=", ""), device,
-                               weights=weights, pruner="slimming", ratio=study.ratio,
-                               finetune_epochs=study.finetune_epochs, **settings)
+        cfg = _pipeline_config(
+            study,
+            out / study.name / name.replace(" ", "_").replace("=", ""),
+            device,
+            weights=weights,
+            pruner="slimming",
+            ratio=study.ratio,
+            finetune_epochs=study.finetune_epochs,
+            **settings,
+        )
         res = run(cfg)
-        print(f"[{study.name}] {name}: {res.report['pruned']['params']:,} params, {res.report['metric']} "
-              f"{res.report['pruned']['metrics'][res.report['metric']]:.4f} ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr)
+        print(
+            f"[{study.name}] {name}: {res.report['pruned']['params']:,} params, {res.report['metric']} "
+            f"{res.report['pruned']['metrics'][res.report['metric']]:.4f} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
         reports[name] = res.report
         if not rows:
             rows.append(_row(study, "dense", res.report["dense"], None, res.report["metric"], 0.0))
-        rows.append(_row(study, name, res.report["pruned"], res.report["before_finetune"], res.report["metric"],
-                         time.perf_counter() - t0))
-    target = next((r for r in rows if r["method"] == "NS+sketch a=0.3"),
-                  next(r for r in rows if r["method"].startswith("NS+sketch")))
+        rows.append(
+            _row(
+                study,
+                name,
+                res.report["pruned"],
+                res.report["before_finetune"],
+                res.report["metric"],
+                time.perf_counter() - t0,
+            )
+        )
+    target = next(
+        (r for r in rows if r["method"] == "NS+sketch a=0.3"),
+        next(r for r in rows if r["method"].startswith("NS+sketch")),
+    )
     rows.append(torch_pruning_row(study, weights, target["params"], out, device))
     return rows
 
@@ -212,8 +320,9 @@ def torch_pruning_row(study: Study, weights: Path, target_params: int, out: Path
     import torch_pruning as tp
 
     t0 = time.perf_counter()
-    cfg = _pipeline_config(study, out / study.name / "torch-pruning", device, weights=weights,
-                           finetune_epochs=study.finetune_epochs)
+    cfg = _pipeline_config(
+        study, out / study.name / "torch-pruning", device, weights=weights, finetune_epochs=study.finetune_epochs
+    )
     data = Data.load(cfg)
     adapter, dense, _ = build_model(cfg, data)
     dense = dense.eval()
@@ -222,9 +331,14 @@ def torch_pruning_row(study: Study, weights: Path, target_params: int, out: Path
     def prune_at(ratio: float):
         model = copy.deepcopy(dense)
         names = dict(model.named_modules())
-        pruner = tp.pruner.BNScalePruner(model, inputs[0], importance=tp.importance.BNScaleImportance(),
-                                         global_pruning=True, pruning_ratio=ratio,
-                                         ignored_layers=[names[n] for n in adapter.protected(model)])
+        pruner = tp.pruner.BNScalePruner(
+            model,
+            inputs[0],
+            importance=tp.importance.BNScaleImportance(),
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=[names[n] for n in adapter.protected(model)],
+        )
         pruner.step()
         return model
 
@@ -239,27 +353,54 @@ def torch_pruning_row(study: Study, weights: Path, target_params: int, out: Path
     ratio, model = best
     before = evaluate(model, adapter, data, cfg)
     dev = resolve_device(device)
-    model, _ = train(model, adapter, data, cfg, study.finetune_epochs, Path(cfg.out) / "finetune", dev,
-                     lr=study.finetune_lr)
+    model, _ = train(
+        model, adapter, data, cfg, study.finetune_epochs, Path(cfg.out) / "finetune", dev, lr=study.finetune_lr
+    )
     stats = measure(model.eval(), adapter, data, cfg, tuple(t.to(dev) for t in inputs))
-    row = _row(study, f"Torch-Pruning BNScale (ratio {ratio:.3f})", stats, before,
-               "top1" if adapter.task == "classification" else "map50", time.perf_counter() - t0)
+    row = _row(
+        study,
+        f"Torch-Pruning BNScale (ratio {ratio:.3f})",
+        stats,
+        before,
+        "top1" if adapter.task == "classification" else "map50",
+        time.perf_counter() - t0,
+    )
     return row
 
 
-def _row(study: Study, method: str, stats: dict[str, Any], before: dict[str, Any] | None, metric: str,
-         seconds: float) -> dict[str, Any]:
-    paper_key = "dense" if method == "dense" else "NS" if method == "NS" else "NS+sketch" if method.startswith("NS+sketch") else None
+def _row(
+    study: Study, method: str, stats: dict[str, Any], before: dict[str, Any] | None, metric: str, seconds: float
+) -> dict[str, Any]:
+    paper_key = (
+        "dense"
+        if method == "dense"
+        else "NS"
+        if method == "NS"
+        else "NS+sketch"
+        if method.startswith("NS+sketch")
+        else None
+    )
     paper = PAPER[study.name].get(paper_key, ("-", "-")) if paper_key else ("-", "-")
-    return {"study": study.name, "method": method, "params": stats["params"], "flops": stats["flops"],
-            "latency_ms": stats["latency_ms"], "metric": metric,
-            "before_ft": None if before is None else before.get(metric), "value": stats["metrics"].get(metric),
-            "paper_params": paper[0], "paper_metric": paper[1], "seconds": round(seconds, 1)}
+    return {
+        "study": study.name,
+        "method": method,
+        "params": stats["params"],
+        "flops": stats["flops"],
+        "latency_ms": stats["latency_ms"],
+        "metric": metric,
+        "before_ft": None if before is None else before.get(metric),
+        "value": stats["metrics"].get(metric),
+        "paper_params": paper[0],
+        "paper_metric": paper[1],
+        "seconds": round(seconds, 1),
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| study | method | params | FLOPs | latency ms | metric | before FT | after FT | paper: params | "
-            "paper: metric |")
+    head = (
+        "| study | method | params | FLOPs | latency ms | metric | before FT | after FT | paper: params | "
+        "paper: metric |"
+    )
     lines = [head, "|" + "---|" * 10]
     dense = {}
     for r in rows:
@@ -267,10 +408,15 @@ def table(rows: list[dict[str, Any]]) -> str:
             dense[r["study"]] = r
         d = dense[r["study"]]
         kept = "" if r is d else f" ({r['params'] / d['params']:.0%})"
-        fmt = (lambda v: "-" if v is None else f"{100 * v:.2f} %" if r["metric"] == "top1" else f"{v:.4f}")
-        lines.append(f"| {r['study']} | {r['method']} | {r['params']:,}{kept} | {r['flops']:,} | {r['latency_ms']:.2f} | "
-                     f"{r['metric']} | {fmt(r['before_ft'])} | {fmt(r['value'])} | {r['paper_params']} | "
-                     f"{r['paper_metric']} |")
+
+        def fmt(v, r=r):
+            return "-" if v is None else f"{100 * v:.2f} %" if r["metric"] == "top1" else f"{v:.4f}"
+
+        lines.append(
+            f"| {r['study']} | {r['method']} | {r['params']:,}{kept} | {r['flops']:,} | {r['latency_ms']:.2f} | "
+            f"{r['metric']} | {fmt(r['before_ft'])} | {fmt(r['value'])} | {r['paper_params']} | "
+            f"{r['paper_metric']} |"
+        )
     return "\n".join(lines)
 
 
@@ -293,17 +439,28 @@ def overridden(found: list[Study], settings: list[str], parser: argparse.Argumen
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="detprune bench seed-tables", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="detprune bench seed-tables", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="CPU-sized models, data and budgets")
     p.add_argument("--only", help="comma-separated studies: vgg16,yolov3,centernet")
-    p.add_argument("--yolo-data", choices=["synthetic", "hit-uav"], default="synthetic",
-                   help="detection data: the synthetic drone set, or HIT-UAV (trained on its val, scored on test)")
+    p.add_argument(
+        "--yolo-data",
+        choices=["synthetic", "hit-uav"],
+        default="synthetic",
+        help="detection data: the synthetic drone set, or HIT-UAV (trained on its val, scored on test)",
+    )
     p.add_argument("--out", default="runs/seed_tables")
     p.add_argument("--device")
     p.add_argument("--retrain", action="store_true", help="retrain the dense models instead of reusing them")
-    p.add_argument("--set", action="append", default=[], metavar="STUDY.KEY=VALUE",
-                   help="override a study setting, VALUE as JSON (else text), e.g. yolov3.img_size=640 or yolov3.alphas=[0.3] "
-                        "(repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STUDY.KEY=VALUE",
+        help="override a study setting, VALUE as JSON (else text), e.g. yolov3.img_size=640 or yolov3.alphas=[0.3] "
+        "(repeatable)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -324,8 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "seed_tables.json").write_text(json.dumps(rows, indent=2))
     print(json.dumps(rows, indent=2) if args.json else table(rows))
-    print(f"\n{time.perf_counter() - t0:.0f} s; metrics: ours are COCO-style mAP@0.5 (pycocotools) or top-1 on the "
-          "held-out split; the paper columns are the paper's figures (full-size models, VisDrone / CIFAR-10).")
+    print(
+        f"\n{time.perf_counter() - t0:.0f} s; metrics: ours are COCO-style mAP@0.5 (pycocotools) or top-1 on the "
+        "held-out split; the paper columns are the paper's figures (full-size models, VisDrone / CIFAR-10)."
+    )
     return 0
 
 

@@ -20,6 +20,7 @@ recalibration alone does. The trained dense weights are cached under ``--cache``
 
     detprune bench sketch-before-finetune --epochs 10 --ratios 0.5 0.7
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,6 @@ import time
 from pathlib import Path
 
 import torch
-from detprune_plugins.sketch.bn import adabn
 from torch.utils.data import Subset
 
 import detprune
@@ -39,9 +39,14 @@ from detprune.graph import trace
 from detprune.plugin.context import PruneContext
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.sketch.bn import adabn
 
-CONFIGS = {"rebase/fold": dict(variant="rebase", bn="fold"), "rebase/reinit": dict(variant="rebase", bn="reinit"),
-           "procr/keep": dict(variant="procrustes", bn="keep"), "procr/fold": dict(variant="procrustes", bn="fold")}
+CONFIGS = {
+    "rebase/fold": dict(variant="rebase", bn="fold"),
+    "rebase/reinit": dict(variant="rebase", bn="reinit"),
+    "procr/keep": dict(variant="procrustes", bn="keep"),
+    "procr/fold": dict(variant="procrustes", bn="fold"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,16 +56,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--s", type=float, default=1e-4, help="Network Slimming sparsity strength")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
-    ap.add_argument("--pruners", nargs="+", default=["slimming", "l1"],
-                    help="slimming: global |gamma| threshold; l1: oneshot L1 filter norms, same ratio per layer")
+    ap.add_argument(
+        "--pruners",
+        nargs="+",
+        default=["slimming", "l1"],
+        help="slimming: global |gamma| threshold; l1: oneshot L1 filter norms, same ratio per layer",
+    )
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.2, 0.3, 0.5])
     ap.add_argument("--mode", default="fd")
     ap.add_argument("--calib-batches", type=int, default=20)
     ap.add_argument("--eval-images", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--cache", default="/tmp/detprune-sketch-bench")
-    ap.add_argument("--finetune-epochs", type=int, default=0,
-                    help="also fine-tune selection and each configuration (AdaBN on every BN) this many epochs")
+    ap.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=0,
+        help="also fine-tune selection and each configuration (AdaBN on every BN) this many epochs",
+    )
     ap.add_argument("--finetune-alpha", type=float, default=0.3)
     ap.add_argument("--finetune-pruners", nargs="+", default=["slimming"])
     ap.add_argument("--json", action="store_true")
@@ -86,8 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t0 = time.perf_counter()
         run = cache / f"train-{int(time.time())}"
-        Trainer(model, adapter, train_loader, test_loader, epochs=args.epochs, out_dir=run, pruner=slimming,
-                lr=0.05, device="cpu").fit()
+        Trainer(
+            model,
+            adapter,
+            train_loader,
+            test_loader,
+            epochs=args.epochs,
+            out_dir=run,
+            pruner=slimming,
+            lr=0.05,
+            device="cpu",
+        ).fit()
         cache.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), weights)
         print(f"trained {args.epochs} epochs in {time.perf_counter() - t0:.0f} s -> {weights}")
@@ -112,35 +134,61 @@ def main(argv: list[str] | None = None) -> int:
                 row = dict(base, alpha=alpha, config=label)
                 for recal in ("new", "all"):
                     pruned = graph.apply(model, plan)
-                    comp = hub.compensator("sketch", alpha=alpha, mode=args.mode, calib_batches=args.calib_batches,
-                                           recalibrate=recal, **opts)
+                    comp = hub.compensator(
+                        "sketch",
+                        alpha=alpha,
+                        mode=args.mode,
+                        calib_batches=args.calib_batches,
+                        recalibrate=recal,
+                        **opts,
+                    )
                     t0 = time.perf_counter()
                     comp.compensate(model, pruned, plan, PruneContext(graph=graph, train_loader=train_loader))
                     row[recal + "_s"] = time.perf_counter() - t0
                     row[recal] = score(pruned)
                     row["rebased"] = f"{len(comp.report['rebased'])}/{len(comp.report['groups'])}"
                 rows.append(row)
-    tuned = finetune(args, hub, model, graph, slimming, train_loader, test_loader, adapter, score) if args.finetune_epochs else []
+    tuned = (
+        finetune(args, hub, model, graph, slimming, train_loader, test_loader, adapter, score)
+        if args.finetune_epochs
+        else []
+    )
     if args.json:
         print(json.dumps({"dense_top1": dense, "rows": rows, "finetuned": tuned}))
         return
-    print(f"VGG16-CIFAR width {args.width}, {args.epochs} epochs NS (s={args.s}); dense top-1 {dense:.4f} "
-          f"on {len(test_ds)} test images; sketch mode {args.mode}; BN statistics from {args.calib_batches} "
-          f"training batches: 'new' = only the new channels', 'all' = AdaBN on every BN")
+    print(
+        f"VGG16-CIFAR width {args.width}, {args.epochs} epochs NS (s={args.s}); dense top-1 {dense:.4f} "
+        f"on {len(test_ds)} test images; sketch mode {args.mode}; BN statistics from {args.calib_batches} "
+        f"training batches: 'new' = only the new channels', 'all' = AdaBN on every BN"
+    )
     head = ["pruner", "ratio", "params", "alpha", "rebased", "config", "top1 new", "top1 all"]
     print(" | ".join(f"{h:>13}" for h in head))
     for r in rows:
-        cells = [r["pruner"], f"{r['ratio']:.2f}", f"{r['params']:,}", "-" if r["alpha"] is None else f"{r['alpha']:.2f}",
-                 r["rebased"], r["config"], f"{r['new']:.4f}", f"{r['all']:.4f}"]
+        cells = [
+            r["pruner"],
+            f"{r['ratio']:.2f}",
+            f"{r['params']:,}",
+            "-" if r["alpha"] is None else f"{r['alpha']:.2f}",
+            r["rebased"],
+            r["config"],
+            f"{r['new']:.4f}",
+            f"{r['all']:.4f}",
+        ]
         print(" | ".join(f"{c:>13}" for c in cells))
 
     if tuned:
-        print(f"\nafter {args.finetune_epochs} fine-tuning epochs (lr 0.01, cosine), alpha {args.finetune_alpha}, "
-              f"AdaBN on every BN before fine-tuning")
+        print(
+            f"\nafter {args.finetune_epochs} fine-tuning epochs (lr 0.01, cosine), alpha {args.finetune_alpha}, "
+            f"AdaBN on every BN before fine-tuning"
+        )
         print(" | ".join(f"{h:>13}" for h in ("pruner", "ratio", "config", "before", "after")))
         for r in tuned:
-            print(" | ".join(f"{c:>13}" for c in (r["pruner"], f"{r['ratio']:.2f}", r["config"],
-                                                     f"{r['before']:.4f}", f"{r['after']:.4f}")))
+            print(
+                " | ".join(
+                    f"{c:>13}"
+                    for c in (r["pruner"], f"{r['ratio']:.2f}", r["config"], f"{r['before']:.4f}", f"{r['after']:.4f}")
+                )
+            )
 
 
 def finetune(args, hub, model, graph, slimming, train_loader, test_loader, adapter, score) -> list[dict]:
@@ -154,14 +202,32 @@ def finetune(args, hub, model, graph, slimming, train_loader, test_loader, adapt
             if label == "selection":
                 adabn(pruned, train_loader, args.calib_batches)
             else:
-                comp = hub.compensator("sketch", alpha=args.finetune_alpha, mode=args.mode,
-                                       calib_batches=args.calib_batches, recalibrate="all", **CONFIGS[label])
+                comp = hub.compensator(
+                    "sketch",
+                    alpha=args.finetune_alpha,
+                    mode=args.mode,
+                    calib_batches=args.calib_batches,
+                    recalibrate="all",
+                    **CONFIGS[label],
+                )
                 comp.compensate(model, pruned, plan, PruneContext(graph=graph, train_loader=train_loader))
             before = score(pruned)
             run = Path(args.cache) / f"ft-{pruner_name}-{ratio}-{label.replace('/', '-')}-{int(time.time())}"
-            Trainer(pruned, adapter, train_loader, None, epochs=args.finetune_epochs, out_dir=run, lr=0.01,
-                    warmup_epochs=0, device="cpu", progress=False).fit()
-            out.append({"pruner": pruner_name, "ratio": ratio, "config": label, "before": before, "after": score(pruned)})
+            Trainer(
+                pruned,
+                adapter,
+                train_loader,
+                None,
+                epochs=args.finetune_epochs,
+                out_dir=run,
+                lr=0.01,
+                warmup_epochs=0,
+                device="cpu",
+                progress=False,
+            ).fit()
+            out.append(
+                {"pruner": pruner_name, "ratio": ratio, "config": label, "before": before, "after": score(pruned)}
+            )
     return out
 
 

@@ -1,5 +1,6 @@
 """A YOLO-style toy detector for the engine and latency benchmarks (and the tests): residuals, a
 C2f ``chunk``, an SPP block, an upsample + route concat and two heads, in 40 lines."""
+
 from __future__ import annotations
 
 import torch

@@ -18,6 +18,7 @@ VGG-16 at width 0.5, smaller batches, bf16 autocast as the "AMP" mode, and no MF
     detprune bench train-throughput            # full on CUDA, reduced on CPU
     detprune bench train-throughput --reduced --steps 5 --repeats 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,12 @@ from detprune.training.trainer import Trainer
 def configs(reduced: bool, on_gpu: bool) -> list[dict]:
     if reduced:
         return [
-            dict(label="yolov3 256 w0.25 d0.34", adapter="yolov3", args=dict(img_size=256, width=0.25, depth=0.34), batch=4),
+            dict(
+                label="yolov3 256 w0.25 d0.34",
+                adapter="yolov3",
+                args=dict(img_size=256, width=0.25, depth=0.34),
+                batch=4,
+            ),
             dict(label="vgg16-cifar 32 w0.5", adapter="vgg16-cifar", args=dict(width=0.5), batch=32),
         ]
     return [
@@ -54,8 +60,12 @@ def fake_batch(adapter, batch: int):
     for _ in range(batch):
         xy = torch.rand(20, 2, generator=g) * size * 0.8
         wh = 8 + torch.rand(20, 2, generator=g) * size * 0.15
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1).clamp(max=size - 1),
-                        "labels": torch.randint(0, adapter.args.get("num_classes", 10), (20,), generator=g)})
+        targets.append(
+            {
+                "boxes": torch.cat([xy, xy + wh], 1).clamp(max=size - 1),
+                "labels": torch.randint(0, adapter.args.get("num_classes", 10), (20,), generator=g),
+            }
+        )
     metas = [{"image_id": i, "orig_size": (size, size), "scale": 1.0, "pad": (0, 0)} for i in range(batch)]
     return images, targets, metas
 
@@ -92,8 +102,19 @@ def make_trainer(cfg: dict, amp: bool, steps: int, device: torch.device, channel
     adapter = detprune.plugins().adapter(cfg["adapter"], **cfg["args"])
     torch.manual_seed(0)
     batch = fake_batch(adapter, cfg["batch"])
-    return Trainer(adapter.build(), adapter, [batch] * steps, epochs=1, out_dir=out, amp=amp,
-                   channels_last=channels_last, progress=False, device=str(device), lr=1e-4, warmup_epochs=0)
+    return Trainer(
+        adapter.build(),
+        adapter,
+        [batch] * steps,
+        epochs=1,
+        out_dir=out,
+        amp=amp,
+        channels_last=channels_last,
+        progress=False,
+        device=str(device),
+        lr=1e-4,
+        warmup_epochs=0,
+    )
 
 
 def images_per_s(trainer: Trainer, batch: int, device: torch.device) -> float:
@@ -117,9 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = device.type == "cuda"
     reduced = args.reduced or not on_gpu
     torch.manual_seed(0)
-    print(f"device: {torch.cuda.get_device_name(device) if on_gpu else 'cpu'} ({torch.get_num_threads()} threads); "
-          f"configuration: {'REDUCED (see module docstring)' if reduced else 'full'}; best of {args.repeats} x "
-          f"{args.steps} steps per row")
+    print(
+        f"device: {torch.cuda.get_device_name(device) if on_gpu else 'cpu'} ({torch.get_num_threads()} threads); "
+        f"configuration: {'REDUCED (see module docstring)' if reduced else 'full'}; best of {args.repeats} x "
+        f"{args.steps} steps per row"
+    )
     peaks: dict[torch.dtype, float] = {}
     head = f"{'model':<26} {'batch':>5} {'mode':<16} {'img/s':>9} {'vs fp32':>8} {'GFLOP/img':>10}"
     print(head + (f" {'TFLOP/s':>8} {'peak':>8} {'MFU':>6}" if on_gpu else ""))
@@ -136,16 +159,20 @@ def main(argv: list[str] | None = None) -> int:
             images = trainer.train_loader[0][0].to(device)  # type: ignore[index]
             flops = train_flops_per_image(trainer.model, images)
             dtype = trainer.amp_dtype or torch.float32
-            mode = ("amp " + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if amp else "fp32") + \
-                   (" +NHWC" if on_gpu and amp else "")
-            line = (f"{cfg['label']:<26} {cfg['batch']:>5} {mode:<16} {best[amp]:>9.1f} {best[amp] / best[False]:>7.2f}x "
-                    f"{flops / 1e9:>10.2f}")
+            mode = ("amp " + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if amp else "fp32") + (
+                " +NHWC" if on_gpu and amp else ""
+            )
+            line = (
+                f"{cfg['label']:<26} {cfg['batch']:>5} {mode:<16} {best[amp]:>9.1f} {best[amp] / best[False]:>7.2f}x "
+                f"{flops / 1e9:>10.2f}"
+            )
             if on_gpu:
                 if dtype not in peaks:
                     peaks[dtype] = measured_peak(device, dtype)
                 achieved = best[amp] * flops
                 line += f" {achieved / 1e12:>8.1f} {peaks[dtype] / 1e12:>8.1f} {achieved / peaks[dtype]:>6.1%}"
             print(line, flush=True)
+
 
 if __name__ == "__main__":
     main()

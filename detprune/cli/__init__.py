@@ -4,6 +4,7 @@ Each sub-command lives in its own module of this package and exposes ``register(
 modules are discovered here, so adding a command never touches a shared list. Errors that a user
 can cause (:class:`detprune.errors.DetpruneError`) print as one line, without a traceback.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,10 +1,11 @@
 """Argument types for the commands: a bad value stops argparse with one line naming the flag
 (``detprune prune: error: argument --conf: 1.5 is not in [0, 1]``), before any work starts."""
+
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -17,8 +18,9 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
-def _bounded(kind: type, low: float | None, high: float | None, low_open: bool = False,
-             describe: str = "") -> Callable[[str], float | int]:
+def _bounded(
+    kind: type, low: float | None, high: float | None, low_open: bool = False, describe: str = ""
+) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         value = _number(text, kind)
         too_low = low is not None and (value <= low if low_open else value < low)

@@ -1,4 +1,5 @@
 """``detprune anchors``: YOLO anchors by k-means (1 - IoU) over a detection dataset's boxes."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         raise DetpruneError(f"--n must be at least 1, got {args.n}")
     card = load_card(args.data, root=args.root)
     if card.format != "visdrone":
-        raise DetpruneError(f"{card.source}: anchors are computed for VisDrone-format cards; this card is {card.format!r}")
+        raise DetpruneError(
+            f"{card.source}: anchors are computed for VisDrone-format cards; this card is {card.format!r}"
+        )
     key, folder, ann = card.split_paths(args.split)
     ann = ann or folder / "annotations"
     images = folder / "images" if ann == folder / "annotations" else folder
@@ -52,24 +55,40 @@ def run(args: argparse.Namespace) -> int:
     shapes = visdrone_box_shapes(ann, images, ignore=card.ignore)
     anchors, iou = kmeans_anchors(shapes.scaled(size), n=args.n, seed=args.seed, restarts=args.restarts)
     pairs = format_anchors(anchors)
-    how = (f"{shapes.sizes_read} image sizes read, {shapes.sizes_estimated} estimated from box extents"
-           if shapes.sizes_estimated else f"{shapes.sizes_read} image sizes read")
+    how = (
+        f"{shapes.sizes_read} image sizes read, {shapes.sizes_estimated} estimated from box extents"
+        if shapes.sizes_estimated
+        else f"{shapes.sizes_read} image sizes read"
+    )
     result = {
-        "anchors": pairs, "mean_iou": round(iou, 4), "img_size": size, "split": key, "boxes": int(len(shapes.wh)),
-        "images": shapes.images, "sizes_read": shapes.sizes_read, "sizes_estimated": shapes.sizes_estimated,
+        "anchors": pairs,
+        "mean_iou": round(iou, 4),
+        "img_size": size,
+        "split": key,
+        "boxes": int(len(shapes.wh)),
+        "images": shapes.images,
+        "sizes_read": shapes.sizes_read,
+        "sizes_estimated": shapes.sizes_estimated,
         "frames": shapes.frames,
     }
     if args.write:
         if not Path(args.data).is_file():
             raise DetpruneError(f"--write needs a card file, got the folder {args.data}")
-        write_card_anchors(Path(args.data), pairs,
-                           f"k-means (1-IoU) anchors at {size} px over {len(shapes.wh)} {key} boxes, "
-                           f"mean IoU {iou:.3f} (`detprune anchors --write`)", size)
+        write_card_anchors(
+            Path(args.data),
+            pairs,
+            f"k-means (1-IoU) anchors at {size} px over {len(shapes.wh)} {key} boxes, "
+            f"mean IoU {iou:.3f} (`detprune anchors --write`)",
+            size,
+        )
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{len(shapes.wh)} boxes in {shapes.images} images of split {key!r} ({how}; frames: "
-          + ", ".join(f"{k} x{v}" for k, v in sorted(shapes.frames.items())) + ")")
+    print(
+        f"{len(shapes.wh)} boxes in {shapes.images} images of split {key!r} ({how}; frames: "
+        + ", ".join(f"{k} x{v}" for k, v in sorted(shapes.frames.items()))
+        + ")"
+    )
     print(f"anchors at {size} px (w,h), small to large: " + "  ".join(f"{w},{h}" for w, h in pairs))
     print(f"mean best IoU: {iou:.4f}")
     if args.write:

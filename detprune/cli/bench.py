@@ -5,6 +5,7 @@
 run that benchmark's ``main`` with the remaining arguments (``detprune bench latency --model
 mobilenet_v2`` = ``detprune bench latency --model mobilenet_v2``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fidelity_arguments(fid)
     fid.set_defaults(func=run_fidelity)
     for name, (module, text) in BENCHMARKS.items():
-        kinds.add_parser(name, help=f"{text} (arguments pass through)", add_help=False,
-                         passthrough=True).set_defaults(func=run_benchmark, module=module, name=name)
+        kinds.add_parser(name, help=f"{text} (arguments pass through)", add_help=False, passthrough=True).set_defaults(
+            func=run_benchmark, module=module, name=name
+        )
 
 
 def run_fidelity(args: argparse.Namespace) -> int:

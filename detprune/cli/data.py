@@ -1,4 +1,5 @@
 """``detprune data synth|check``: make the synthetic drone set; validate a dataset."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,16 +10,22 @@ from detprune.errors import DataFormatError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="make the synthetic drone dataset, or check a dataset",
-                       description="Dataset tools. `synth` writes a VisDrone-format synthetic drone dataset; "
-                       "`check` reads every annotation of a dataset (card or folder) and reports what it holds "
-                       "and anything dropped or malformed.")
+    p = sub.add_parser(
+        "data",
+        help="make the synthetic drone dataset, or check a dataset",
+        description="Dataset tools. `synth` writes a VisDrone-format synthetic drone dataset; "
+        "`check` reads every annotation of a dataset (card or folder) and reports what it holds "
+        "and anything dropped or malformed.",
+    )
     dsub = p.add_subparsers(dest="data_command", metavar="<action>", required=True)
 
-    s = dsub.add_parser("synth", help="write a synthetic VisDrone-format dataset",
-                        description="Aerial-looking scenes (roads, roofs, trees, ten object classes, ignored "
-                        "regions) in VisDrone2019-DET format: DIR/images/*.jpg + DIR/annotations/*.txt. "
-                        "With --val M, DIR/train and DIR/val plus a card DIR/synthetic.yaml. Deterministic per seed.")
+    s = dsub.add_parser(
+        "synth",
+        help="write a synthetic VisDrone-format dataset",
+        description="Aerial-looking scenes (roads, roofs, trees, ten object classes, ignored "
+        "regions) in VisDrone2019-DET format: DIR/images/*.jpg + DIR/annotations/*.txt. "
+        "With --val M, DIR/train and DIR/val plus a card DIR/synthetic.yaml. Deterministic per seed.",
+    )
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--images", type=int, required=True, help="number of images (the train split with --val)")
     s.add_argument("--val", type=int, default=0, help="also write a val split of this many images")
@@ -26,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", default="512x384", help="image size WxH (default 512x384)")
     s.set_defaults(func=run_synth)
 
-    c = dsub.add_parser("check", help="validate a dataset and print its summary",
-                        description="Parse and validate every annotation file (fields, ranges, boxes inside "
-                        "their image) and report counts, ignored regions and dropped or skipped boxes.")
+    c = dsub.add_parser(
+        "check",
+        help="validate a dataset and print its summary",
+        description="Parse and validate every annotation file (fields, ranges, boxes inside "
+        "their image) and report counts, ignored regions and dropped or skipped boxes.",
+    )
     c.add_argument("--data", required=True, help="dataset card (.yaml) or dataset folder")
     c.add_argument("--split", action="append", help="split(s) to check (default: all)")
     c.add_argument("--lenient", action="store_true", help="skip malformed lines and list them instead of failing")
@@ -66,8 +76,10 @@ def run_synth(args: argparse.Namespace) -> int:
 def _card_text(name: str) -> str:
     from detprune.data.visdrone_parse import VISDRONE_CLASSES
 
-    return (f"name: {name}\ntask: detection\nformat: visdrone\nroot: .\nsplits: {{train: train, val: val}}\n"
-            f"classes: [{', '.join(VISDRONE_CLASSES)}]\nignore: [0, 11]\nimg_size: 320\n")
+    return (
+        f"name: {name}\ntask: detection\nformat: visdrone\nroot: .\nsplits: {{train: train, val: val}}\n"
+        f"classes: [{', '.join(VISDRONE_CLASSES)}]\nignore: [0, 11]\nimg_size: 320\n"
+    )
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -81,10 +93,14 @@ def run_check(args: argparse.Namespace) -> int:
         key = card.resolve_split(split)
         rep = ds.report
         out["splits"][key] = {
-            "images": len(ds), "target_boxes": rep.boxes, "ignored_regions": rep.ignored_regions,
+            "images": len(ds),
+            "target_boxes": rep.boxes,
+            "ignored_regions": rep.ignored_regions,
             "not_targets": {str(k): v for k, v in sorted(rep.not_targets.items())},
-            "dropped_zero_size": rep.dropped_zero_size, "skipped_lines": rep.skipped,
-            "skipped_images": rep.skipped_images, "summary": rep.summary(),
+            "dropped_zero_size": rep.dropped_zero_size,
+            "skipped_lines": rep.skipped,
+            "skipped_images": rep.skipped_images,
+            "summary": rep.summary(),
         }
     if args.json:
         print(json.dumps(out, indent=2))

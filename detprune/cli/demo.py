@@ -9,6 +9,7 @@ to the common one; layers pruned above alpha are compensated). One table: dense 
 with params, FLOPs (2·MAC), latency (median, batch 1, measured side by side) and mAP@0.5 on the
 held-out val split.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,18 @@ widths.png) is under --out.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main demo: dense vs Network Slimming vs NS + sketch on a small YOLOv3",
-                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="the main demo: dense vs Network Slimming vs NS + sketch on a small YOLOv3",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with a 'rows' list")
     p.add_argument("--quick", action="store_true", help="tiny model and budget: a smoke run, not a result")
-    p.add_argument("--out", default="detprune-demo", help="folder for the two arms' run folders (default ./detprune-demo)")
+    p.add_argument(
+        "--out", default="detprune-demo", help="folder for the two arms' run folders (default ./detprune-demo)"
+    )
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--retrain", action="store_true", help="train the dense model again instead of using the cache")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -46,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     cfg = QUICK if args.quick else FULL
-    result = run_demo(cfg, out=Path(args.out), device=args.device, retrain=args.retrain,
-                      progress=not args.no_progress, quick=args.quick)
+    result = run_demo(
+        cfg,
+        out=Path(args.out),
+        device=args.device,
+        retrain=args.retrain,
+        progress=not args.no_progress,
+        quick=args.quick,
+    )
     print(json.dumps(result, indent=2) if args.json else table(result))
     return 0

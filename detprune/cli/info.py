@@ -1,4 +1,5 @@
 """``detprune info``: what a model adapter builds: parameters, FLOPs, prunable channel groups."""
+
 from __future__ import annotations
 
 import argparse
@@ -92,4 +93,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"groups      {g['prunable']} prunable of {g['total']}, {g['prunable_channels']:,} prunable channels")
     print(f"protected   {', '.join(info['protected'])}")
     return 0
-

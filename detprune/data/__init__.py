@@ -10,6 +10,7 @@ The small API the trainer and the CLI use::
 Sample formats are pinned in docs/internals.md §3. The dataset classes are imported inside
 :func:`build_dataset`: they pull in albumentations (~0.4 s), which reading a card does not need.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,15 +24,26 @@ from detprune.data.synthetic import ensure_default
 from detprune.errors import DataFormatError
 
 __all__ = [
-    "DatasetCard", "DataReport", "load_card", "build_dataset", "make_loader", "collate_detection",
+    "DatasetCard",
+    "DataReport",
+    "load_card",
+    "build_dataset",
+    "make_loader",
+    "collate_detection",
     "default_card",
 ]
 
 DEFAULT_IMG_SIZE = {"detection": 608, "classification": 32}
 
 
-def build_dataset(card: DatasetCard | str | Path, split: str | None = None, img_size: int | None = None,
-                  train: bool = False, lenient: bool = False, transform: Any = None):
+def build_dataset(
+    card: DatasetCard | str | Path,
+    split: str | None = None,
+    img_size: int | None = None,
+    train: bool = False,
+    lenient: bool = False,
+    transform: Any = None,
+):
     """A torch Dataset for one split of a card (or of a card file / dataset folder).
 
     ``img_size`` defaults to the card's, else 608 (detection) / 32 (classification); ``train``
@@ -46,16 +58,27 @@ def build_dataset(card: DatasetCard | str | Path, split: str | None = None, img_
         from detprune.data.visdrone import VisDroneDataset
 
         kwargs = {"annotations_dir": ann, "images_dir": path} if ann is not None else {}
-        return VisDroneDataset(path, card.classes, card.category_ids, display_root=card.root, lenient=lenient,
-                               img_size=size, train=train, transform=transform, **kwargs)
+        return VisDroneDataset(
+            path,
+            card.classes,
+            card.category_ids,
+            display_root=card.root,
+            lenient=lenient,
+            img_size=size,
+            train=train,
+            transform=transform,
+            **kwargs,
+        )
     if card.format == "coco":
         from detprune.data.coco import CocoDataset
 
         if ann is None:
-            raise DataFormatError(f"{card.source}: field 'splits': COCO split {key!r} needs "
-                                  "{images: FOLDER, annotations: FILE.json}")
-        return CocoDataset(path, ann, card.classes, card.category_ids, lenient=lenient, img_size=size,
-                           train=train, transform=transform)
+            raise DataFormatError(
+                f"{card.source}: field 'splits': COCO split {key!r} needs {{images: FOLDER, annotations: FILE.json}}"
+            )
+        return CocoDataset(
+            path, ann, card.classes, card.category_ids, lenient=lenient, img_size=size, train=train, transform=transform
+        )
     from detprune.data.imagefolder import ImageFolderDataset
 
     return ImageFolderDataset(path, card.classes, img_size=size, train=train, transform=transform)
@@ -66,8 +89,15 @@ def make_loader(dataset, batch_size: int = 8, shuffle: bool = False, workers: in
     from torch.utils.data import DataLoader
 
     collate = collate_detection if getattr(dataset, "task", None) == "detection" else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                      collate_fn=collate, persistent_workers=workers > 0, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        **kwargs,
+    )
 
 
 def default_card(cache_dir: str | Path | None = None) -> DatasetCard:

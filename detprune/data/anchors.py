@@ -8,11 +8,13 @@ VisDrone val annotations in ../shared/data hold none) they are estimated: the fr
 sequence (file-name prefix before the first ``_``) is the smallest standard VisDrone frame that
 holds every box of the sequence, or the boxes' extent when none does. The report says which.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +26,12 @@ from detprune.errors import DataFormatError
 #: VisDrone2019-DET frame sizes (w, h), smallest first. 960x540, 1360x765 and 1920x1080 are the
 #: frames of ../shared/data/visdrone-sample; the others are other camera modes of the dataset.
 VISDRONE_FRAMES: tuple[tuple[int, int], ...] = (
-    (960, 540), (1360, 765), (1400, 788), (1400, 1050), (1920, 1080), (2000, 1500),
+    (960, 540),
+    (1360, 765),
+    (1400, 788),
+    (1400, 1050),
+    (1920, 1080),
+    (2000, 1500),
 )
 
 
@@ -40,8 +47,9 @@ def mean_best_iou(wh: np.ndarray, anchors: np.ndarray) -> float:
     return float(wh_iou(wh, anchors).max(1).mean())
 
 
-def kmeans_anchors(wh: np.ndarray, n: int = 9, seed: int = 0, restarts: int = 10,
-                   max_iter: int = 300) -> tuple[np.ndarray, float]:
+def kmeans_anchors(
+    wh: np.ndarray, n: int = 9, seed: int = 0, restarts: int = 10, max_iter: int = 300
+) -> tuple[np.ndarray, float]:
     """``(anchors [n, 2] sorted by area, mean best IoU)``: Lloyd's k-means with d = 1 - IoU.
 
     Each restart seeds by k-means++ under the same distance; centroids move to the mean shape of
@@ -81,7 +89,7 @@ def _kmeanspp(shapes: np.ndarray, weight: np.ndarray, n: int, rng: np.random.Gen
     c = [shapes[rng.choice(len(shapes), p=weight / weight.sum())]]
     d = 1.0 - wh_iou(shapes, np.array(c))[:, 0]
     for _ in range(1, n):
-        p = weight * d ** 2
+        p = weight * d**2
         idx = rng.choice(len(shapes), p=p / p.sum()) if p.sum() > 0 else rng.integers(len(shapes))
         c.append(shapes[idx])
         d = np.minimum(d, 1.0 - wh_iou(shapes, np.array(c[-1:]))[:, 0])
@@ -104,7 +112,9 @@ class BoxShapes:
         return self.wh * (img_size / self.long_side)[:, None]
 
 
-def estimate_frame(extent_w: int, extent_h: int, frames: Iterable[tuple[int, int]] = VISDRONE_FRAMES) -> tuple[int, int]:
+def estimate_frame(
+    extent_w: int, extent_h: int, frames: Iterable[tuple[int, int]] = VISDRONE_FRAMES
+) -> tuple[int, int]:
     """The smallest standard frame holding a box extent; the extent itself when none does."""
     for w, h in frames:
         if extent_w <= w and extent_h <= h:
@@ -200,8 +210,15 @@ def dataset_anchors(card: Any, img_size: int, split: str = "train") -> list[list
     import numpy as np
 
     ds = build_dataset(card, split=split, img_size=img_size)
-    wh = np.concatenate([(np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, 2:]
-                          - np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, :2]) * (img_size / max(r.size))
-                         for r in ds.records])  # box shapes as the letterbox scales them
+    wh = np.concatenate(
+        [
+            (
+                np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, 2:]
+                - np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)[:, :2]
+            )
+            * (img_size / max(r.size))
+            for r in ds.records
+        ]
+    )  # box shapes as the letterbox scales them
     anchors, _ = kmeans_anchors(wh, 9)
     return [[round(float(w), 2), round(float(h), 2)] for w, h in anchors]

@@ -1,5 +1,6 @@
 """A dataset card: what a dataset is (task, format, classes, splits, root), parsed from YAML by
 :mod:`detprune.data.cards` or detected from a folder by :mod:`detprune.data.layouts`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -8,6 +8,7 @@ target) and optionally ``img_size`` and ``generate`` (synthetic data made on fir
 card does not know stay in ``card.extra`` (the detector adapters keep ``anchors`` there).
 :func:`load_card` also accepts a dataset folder and detects its layout (see ``layouts.py``).
 """
+
 from __future__ import annotations
 
 import os
@@ -96,9 +97,17 @@ def parse_card(data: Any, source: str, lines: dict[str, int] | None = None, base
         root = base / root
     known = {"name", "task", "format", "root", "splits", "classes", "ignore", "img_size", "generate"}
     return DatasetCard(
-        name=str(data["name"]), task=task, format=fmt, root=root,
-        splits={str(k): v for k, v in splits.items()}, classes=classes, category_ids=ids,
-        ignore=tuple(ignore), img_size=img_size, source=source, generate=gen,
+        name=str(data["name"]),
+        task=task,
+        format=fmt,
+        root=root,
+        splits={str(k): v for k, v in splits.items()},
+        classes=classes,
+        category_ids=ids,
+        ignore=tuple(ignore),
+        img_size=img_size,
+        source=source,
+        generate=gen,
         extra={k: v for k, v in data.items() if k not in known},
     )
 

@@ -5,6 +5,7 @@ names no file), and ``bool`` is an ``int``, so JSON ``true`` would pass as id 1.
 raise ``ValueError`` with the tail of the message (``field 'id': ...``) for the caller to prefix with
 file and entry; the file-level ones (``read_json``, ``coco_categories``) raise DataFormatError.
 """
+
 from __future__ import annotations
 
 import json

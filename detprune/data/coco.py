@@ -6,10 +6,12 @@ ground truth; image and category ids are kept, so a COCO results JSON scores as 
 size are dropped and counted; a malformed entry raises an error naming the file, the entry and the
 field (JSON has no useful line numbers once parsed).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,24 +31,38 @@ _EDGE_TOLERANCE = 1.0  # px: COCO boxes overshoot the image edge by float roundi
 
 
 class CocoDataset(DetectionDataset):
-    def __init__(self, images_dir: str | Path, annotation_file: str | Path, classes: Sequence[str] | None = None,
-                 category_ids: Sequence[int] | None = None, *, lenient: bool = False, img_size: int | None = None,
-                 train: bool = False, transform=None):
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotation_file: str | Path,
+        classes: Sequence[str] | None = None,
+        category_ids: Sequence[int] | None = None,
+        *,
+        lenient: bool = False,
+        img_size: int | None = None,
+        train: bool = False,
+        transform=None,
+    ):
         ann = Path(annotation_file)
         data = read_json(ann, "COCO annotations")
         if not isinstance(data, dict):
             raise DataFormatError(f"{ann}: expected a JSON object with images, annotations and categories")
         cats = coco_categories(data, ann)
         if category_ids is None:
-            if classes is None:
-                category_ids = sorted(cats)
-            else:
-                category_ids = _ids_by_name(cats, classes, ann)
+            category_ids = sorted(cats) if classes is None else _ids_by_name(cats, classes, ann)
         category_ids = list(category_ids)
         classes = list(classes) if classes is not None else [cats[i] for i in category_ids]
         records, report = _index(data, ann, Path(images_dir), category_ids, lenient)
-        super().__init__(records, classes, category_ids, img_size=img_size, train=train, transform=transform,
-                         report=report, name=str(ann))
+        super().__init__(
+            records,
+            classes,
+            category_ids,
+            img_size=img_size,
+            train=train,
+            transform=transform,
+            report=report,
+            name=str(ann),
+        )
         report.warn_losses(str(ann))
 
 
@@ -60,13 +76,16 @@ def _ids_by_name(cats: dict[int, str], classes: Sequence[str], ann: Path) -> lis
         raise DataFormatError(f"{ann}: field 'categories': classes {missing} of the card are not in the JSON")
     for c in classes:
         if len(ids_of[c]) > 1:
-            raise DataFormatError(f"{ann}: field 'categories': class {c!r} of the card is the name of categories "
-                                  f"{ids_of[c]}; map ids to names in the card's classes instead")
+            raise DataFormatError(
+                f"{ann}: field 'categories': class {c!r} of the card is the name of categories "
+                f"{ids_of[c]}; map ids to names in the card's classes instead"
+            )
     return [ids_of[c][0] for c in classes]
 
 
-def _index(data: dict[str, Any], ann: Path, images_dir: Path, category_ids: list[int],
-           lenient: bool) -> tuple[list[ImageRecord], DataReport]:
+def _index(
+    data: dict[str, Any], ann: Path, images_dir: Path, category_ids: list[int], lenient: bool
+) -> tuple[list[ImageRecord], DataReport]:
     report = DataReport(files=1)
     imgs = data.get("images")
     anns = data.get("annotations")
@@ -130,13 +149,13 @@ def _index(data: dict[str, Any], ann: Path, images_dir: Path, category_ids: list
         if cat not in label_of:
             report.not_targets[cat] += 1
             continue
-        b, l, ib, il = per[img_id]
+        b, labels, ib, il = per[img_id]
         (ib if crowd else b).append(xyxy)
-        (il if crowd else l).append(label_of[cat])
+        (il if crowd else labels).append(label_of[cat])
     out = []
     for img_id, rec in records.items():
-        b, l, ib, il = per[img_id]
-        rec.boxes, rec.labels = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(l, np.int64)
+        b, labels, ib, il = per[img_id]
+        rec.boxes, rec.labels = np.asarray(b, np.float32).reshape(-1, 4), np.asarray(labels, np.int64)
         rec.ignore, rec.ignore_labels = np.asarray(ib, np.float32).reshape(-1, 4), np.asarray(il, np.int64)
         report.boxes += len(b)
         report.ignored_regions += len(ib)

@@ -1,7 +1,9 @@
 """Batching detection samples whose box counts differ, and moving such batches between devices."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -18,7 +20,6 @@ def collate_detection(batch: Sequence[tuple[torch.Tensor, dict, dict]]) -> tuple
     if len(shapes) != 1:
         raise ValueError(f"images in a batch differ in size {sorted(shapes)}: build the dataset with img_size")
     return torch.stack(images), list(targets), list(metas)
-
 
 
 def move_batch(obj: Any, device: torch.device | str, non_blocking: bool = False) -> Any:

@@ -4,6 +4,7 @@ A format module (VisDrone, COCO) turns its files into :class:`ImageRecord` s; th
 record into the sample of docs/internals.md §3 and the whole split into a pycocotools ``COCO``
 ground truth (built once, cached: evaluation runs every epoch).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,9 +43,17 @@ class DetectionDataset(Dataset):
 
     task = "detection"
 
-    def __init__(self, records: list[ImageRecord], classes: list[str], category_ids: list[int],
-                 img_size: int | None = None, train: bool = False, transform: Any = None,
-                 report: DataReport | None = None, name: str = ""):
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        classes: list[str],
+        category_ids: list[int],
+        img_size: int | None = None,
+        train: bool = False,
+        transform: Any = None,
+        report: DataReport | None = None,
+        name: str = "",
+    ):
         self.records = records
         self.classes = list(classes)
         self.category_ids = list(category_ids)  # label i <-> category_ids[i] in the GT
@@ -75,8 +84,9 @@ class DetectionDataset(Dataset):
             raise DataFormatError(f"{rec.path}: this split has annotations but no images; it can be scored, not read")
         image = read_image(rec.path)
         if image.shape[:2] != rec.size:
-            raise DataFormatError(f"{rec.path}: image is {image.shape[1]}x{image.shape[0]}, header said "
-                                  f"{rec.size[1]}x{rec.size[0]}")
+            raise DataFormatError(
+                f"{rec.path}: image is {image.shape[1]}x{image.shape[0]}, header said {rec.size[1]}x{rec.size[0]}"
+            )
         meta = {"image_id": rec.image_id, "path": str(rec.path), "orig_size": rec.size}
         if self.transform is None:
             meta.update(scale=1.0, scale_xy=(1.0, 1.0), pad=(0.0, 0.0))
@@ -127,5 +137,11 @@ class DetectionDataset(Dataset):
 def _ann(ann_id: int, image_id: int, cat: int, box: np.ndarray, crowd: int) -> dict[str, Any]:
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
-    return {"id": ann_id, "image_id": image_id, "category_id": cat, "bbox": [x1, y1, w, h],
-            "area": w * h, "iscrowd": crowd}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cat,
+        "bbox": [x1, y1, w, h],
+        "area": w * h,
+        "iscrowd": crowd,
+    }

@@ -3,10 +3,11 @@
 Class ``i`` is the ``i``-th card class and must be a folder; a class folder the card does not
 list is an error (its images would otherwise vanish from training unnoticed).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -22,8 +23,15 @@ class ImageFolderDataset(Dataset):
 
     task = "classification"
 
-    def __init__(self, folder: str | Path, classes: Sequence[str] | None = None, *, img_size: int | None = 32,
-                 train: bool = False, transform=None):
+    def __init__(
+        self,
+        folder: str | Path,
+        classes: Sequence[str] | None = None,
+        *,
+        img_size: int | None = 32,
+        train: bool = False,
+        transform=None,
+    ):
         folder = Path(folder)
         if not folder.is_dir():
             raise DataFormatError(f"{folder}: image folder not found")
@@ -32,8 +40,11 @@ class ImageFolderDataset(Dataset):
         missing = [c for c in classes if c not in present]
         extra = [c for c in present if c not in classes]
         if missing or extra:
-            raise DataFormatError(f"{folder}: class folders do not match the classes"
-                                  + (f"; missing: {missing}" if missing else "") + (f"; not a class: {extra}" if extra else ""))
+            raise DataFormatError(
+                f"{folder}: class folders do not match the classes"
+                + (f"; missing: {missing}" if missing else "")
+                + (f"; not a class: {extra}" if extra else "")
+            )
         self.classes = classes
         self.samples: list[tuple[Path, int]] = []
         for label, name in enumerate(classes):

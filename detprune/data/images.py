@@ -6,6 +6,7 @@ with OpenCV and always returned as 3-channel RGB (HIT-UAV's thermal JPEGs are si
 OpenCV decodes a truncated JPEG with only a libjpeg warning on stderr (the missing part gray), so
 both the header read and the decode check that the file ends as its format says it must.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -7,6 +7,7 @@
 * Image folder: one sub-folder per class holding images, either directly (one split) or under
   split folders (``train/<class>/``, ``test/<class>/``: the cifar10-sample layout).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,12 +43,30 @@ def detect_layout(folder: Path) -> DatasetCard:
     src = str(folder)
     name = folder.name
     if _is_visdrone_split(folder):
-        return DatasetCard(name, "detection", "visdrone", folder, {name: "."}, list(VISDRONE_CLASSES),
-                           list(range(1, 11)), (0, 11), source=src)
+        return DatasetCard(
+            name,
+            "detection",
+            "visdrone",
+            folder,
+            {name: "."},
+            list(VISDRONE_CLASSES),
+            list(range(1, 11)),
+            (0, 11),
+            source=src,
+        )
     vis = [d for d in _subdirs(folder) if _is_visdrone_split(d)]
     if vis:
-        return DatasetCard(name, "detection", "visdrone", folder, {d.name: d.name for d in vis},
-                           list(VISDRONE_CLASSES), list(range(1, 11)), (0, 11), source=src)
+        return DatasetCard(
+            name,
+            "detection",
+            "visdrone",
+            folder,
+            {d.name: d.name for d in vis},
+            list(VISDRONE_CLASSES),
+            list(range(1, 11)),
+            (0, 11),
+            source=src,
+        )
     ann = folder / "annotations"
     jsons = sorted(ann.glob("*.json")) if ann.is_dir() else []
     if jsons:
@@ -58,8 +77,9 @@ def detect_layout(folder: Path) -> DatasetCard:
     splits = [d for d in _subdirs(folder) if _is_class_split(d)]
     if splits:
         classes = [d.name for d in _subdirs(splits[0])]
-        return DatasetCard(name, "classification", "imagefolder", folder, {d.name: d.name for d in splits},
-                           classes, source=src)
+        return DatasetCard(
+            name, "classification", "imagefolder", folder, {d.name: d.name for d in splits}, classes, source=src
+        )
     raise DataFormatError(
         f"{folder}: cannot tell the dataset layout; expected one of: VisDrone (annotations/*.txt beside "
         "images/, here or in split folders), COCO (annotations/*.json with an image folder per split), "
@@ -76,10 +96,13 @@ def _coco_card(folder: Path, jsons: list[Path]) -> DatasetCard:
                 splits[split] = {"images": str(cand.relative_to(folder)), "annotations": str(j.relative_to(folder))}
                 break
     if not splits:
-        raise DataFormatError(f"{folder}: COCO annotations {', '.join(j.name for j in jsons)} found, but no image "
-                              "folder named after a split (<split>/, images/<split>/ or images/)")
+        raise DataFormatError(
+            f"{folder}: COCO annotations {', '.join(j.name for j in jsons)} found, but no image "
+            "folder named after a split (<split>/, images/<split>/ or images/)"
+        )
     first = folder / next(iter(splits.values()))["annotations"]
     cats = coco_categories(read_json(first, "COCO JSON"), first)  # the same checks CocoDataset makes
     ids = sorted(cats)
-    return DatasetCard(folder.name, "detection", "coco", folder, splits, [cats[i] for i in ids], ids, (),
-                       source=str(folder))
+    return DatasetCard(
+        folder.name, "detection", "coco", folder, splits, [cats[i] for i in ids], ids, (), source=str(folder)
+    )

@@ -6,6 +6,7 @@ annotation fields with score = confidence and truncation = occlusion = -1, one f
 like the image. Results in categories that are no class (0, 11) are skipped and counted; an
 image with no result file counts as an image with no detection and is counted, not hidden.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,7 +101,9 @@ def read_visdrone_results(folder: Path, dataset) -> Predictions:
     for stem, p in files.items():
         img = dataset.image_id_of(stem)
         if img is None:
-            raise DataFormatError(f"{p}: no image named '{stem}' in the dataset (result files are named like the images)")
+            raise DataFormatError(
+                f"{p}: no image named '{stem}' in the dataset (result files are named like the images)"
+            )
         try:
             text = p.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -123,7 +126,9 @@ def _result_line(line: str, where: str) -> list[float]:
     if len(parts) == len(_FIELDS) + 1 and not parts[-1].strip():
         parts = parts[:-1]
     if len(parts) != len(_FIELDS):
-        raise DataFormatError(f"{where}: expected {len(_FIELDS)} comma-separated fields ({','.join(_FIELDS)}), got {len(parts)}")
+        raise DataFormatError(
+            f"{where}: expected {len(_FIELDS)} comma-separated fields ({','.join(_FIELDS)}), got {len(parts)}"
+        )
     vals = []
     for name, raw in zip(_FIELDS, parts):
         try:

@@ -4,6 +4,7 @@ Every loader fills one :class:`DataReport`. Zero-size boxes (the official VisDro
 three with height 0) are dropped and listed; under ``lenient=True`` malformed lines are skipped and
 listed instead of raising. ``summary()`` is what ``detprune data check`` and ``detprune eval`` print.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,7 +29,7 @@ class DataReport:
     skipped_images: list[str] = field(default_factory=list)  # "image: reason" (lenient mode)
     not_targets: Counter = field(default_factory=Counter)  # category id -> boxes that are no target
 
-    def merge(self, other: "DataReport") -> None:
+    def merge(self, other: DataReport) -> None:
         self.images += other.images
         self.files += other.files
         self.lines += other.lines
@@ -54,7 +55,9 @@ class DataReport:
             f"{self.boxes} target boxes, {self.ignored_regions} ignored regions"
         ]
         if self.not_targets:
-            lines.append("not targets (category: boxes): " + ", ".join(f"{k}: {v}" for k, v in sorted(self.not_targets.items())))
+            lines.append(
+                "not targets (category: boxes): " + ", ".join(f"{k}: {v}" for k, v in sorted(self.not_targets.items()))
+            )
         for title, items in (
             ("dropped zero-size boxes", self.dropped_zero_size),
             ("skipped malformed lines", self.skipped),

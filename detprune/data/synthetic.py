@@ -7,6 +7,7 @@ objects at the border and ignored regions (category 0) crowded with unlabelled s
 Every image depends only on ``(seed, index)``, so a split is reproducible file by file. The output
 is an ordinary VisDrone folder (``images/*.jpg``, ``annotations/*.txt``) read by the same loader.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ def _ground(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     for _ in range(rng.integers(1, 4)):  # fields of another tint
         x, y = rng.integers(0, w), rng.integers(0, h)
         fw, fh = rng.integers(w // 6, w // 2), rng.integers(h // 6, h // 2)
-        img[y:y + fh, x:x + fw] *= rng.uniform(0.8, 1.2, 3)
+        img[y : y + fh, x : x + fw] *= rng.uniform(0.8, 1.2, 3)
     return img
 
 
@@ -92,14 +93,14 @@ class Scene:
         for _ in range(rng.integers(0, 4)):
             bw, bh = int(rng.uniform(40, 110) * s), int(rng.uniform(40, 90) * s)
             x, y = int(rng.integers(0, max(1, self.w - bw))), int(rng.integers(0, max(1, self.h - bh)))
-            if self.road[y:y + bh, x:x + bw].any():
+            if self.road[y : y + bh, x : x + bw].any():
                 continue
             roof = np.array([(150, 70, 60), (130, 130, 135), (160, 150, 130)][rng.integers(3)], np.float32)
             sh = int(5 * s)
-            self.img[y + sh:y + bh + sh, x + sh:x + bw + sh] *= 0.55  # shadow
-            self.img[y:y + bh, x:x + bw] = roof + rng.normal(0, 5, (min(bh, self.h - y), min(bw, self.w - x), 3))
+            self.img[y + sh : y + bh + sh, x + sh : x + bw + sh] *= 0.55  # shadow
+            self.img[y : y + bh, x : x + bw] = roof + rng.normal(0, 5, (min(bh, self.h - y), min(bw, self.w - x), 3))
             cv2.line(self.img, (x, y + bh // 2), (x + bw, y + bh // 2), tuple(float(c) * 0.8 for c in roof), 2)
-            self.blocked[y:y + bh, x:x + bw] = True
+            self.blocked[y : y + bh, x : x + bw] = True
 
     # ---- objects -----------------------------------------------------------------------
     def _paste(self, sprite: np.ndarray, x: int, y: int, shadow: bool = True) -> tuple[int, int, int, int] | None:
@@ -108,7 +109,7 @@ class Scene:
         x1, y1, x2, y2 = max(x, 0), max(y, 0), min(x + sw, self.w), min(y + sh, self.h)
         if x2 <= x1 or y2 <= y1:
             return None
-        crop = sprite[y1 - y:y2 - y, x1 - x:x2 - x]
+        crop = sprite[y1 - y : y2 - y, x1 - x : x2 - x]
         a = crop[..., 3:4]
         if shadow:
             d = max(1, int(2 * self.s))
@@ -139,7 +140,9 @@ class Scene:
             if kind == "road":
                 c = start + (width // 4 if rng.random() < 0.5 else 3 * width // 4) + int(rng.integers(-2, 3))
             else:
-                c = start + (int(2 * self.s) + across // 2 if rng.random() < 0.5 else width - int(2 * self.s) - across // 2)
+                c = start + (
+                    int(2 * self.s) + across // 2 if rng.random() < 0.5 else width - int(2 * self.s) - across // 2
+                )
             a = int(rng.integers(-along_len // 3, (self.w if horiz else self.h) - 2 * along_len // 3))
             return (a, c - across // 2, True) if horiz else (c - across // 2, a, False)
         x = int(rng.integers(-sprite_hw[1] // 3, self.w - 2 * sprite_hw[1] // 3))
@@ -164,7 +167,9 @@ class Scene:
                     continue
                 cut = x < 0 or y < 0 or x + sw > self.w or y + sh > self.h
                 self.blocked[region] = True
-                self.objects.append({"cat": int(cat), "box": box, "truncated": int(cut), "sprite": sprite, "xy": (x, y)})
+                self.objects.append(
+                    {"cat": int(cat), "box": box, "truncated": int(cut), "sprite": sprite, "xy": (x, y)}
+                )
                 break
 
     def add_ignored_region(self) -> None:
@@ -172,16 +177,16 @@ class Scene:
         rng, s = self.rng, self.s
         rw, rh = int(rng.uniform(70, 120) * s), int(rng.uniform(50, 90) * s)
         x, y = int(rng.integers(0, max(1, self.w - rw))), int(rng.integers(0, max(1, self.h - rh)))
-        if self.blocked[y:y + rh, x:x + rw].any():
+        if self.blocked[y : y + rh, x : x + rw].any():
             return
-        self.img[y:y + rh, x:x + rw] = self.img[y:y + rh, x:x + rw] * 0.4 + np.float32(95) * 0.6
+        self.img[y : y + rh, x : x + rw] = self.img[y : y + rh, x : x + rw] * 0.4 + np.float32(95) * 0.6
         for _ in range(int(rw * rh / (90 * s * s))):
             draw = (pedestrian, car, motor, others)[rng.integers(4)]
             sp = np.rot90(draw(rng, 0.55 * s), int(rng.integers(4)))
             px = x + int(rng.integers(0, max(1, rw - sp.shape[1])))
             py = y + int(rng.integers(0, max(1, rh - sp.shape[0])))
             self._paste(np.ascontiguousarray(sp), px, py, shadow=False)
-        self.blocked[y:y + rh, x:x + rw] = True
+        self.blocked[y : y + rh, x : x + rw] = True
         self.rows.append([x, y, rw, rh, 0, 0, 0, 0])
 
     def add_trees(self) -> np.ndarray:
@@ -204,13 +209,13 @@ class Scene:
         for ob in self.objects:
             x1, y1, x2, y2 = ob["box"]
             x, y = ob["xy"]
-            a = ob["sprite"][y1 - y:y2 - y, x1 - x:x2 - x, 3] > 0.5
+            a = ob["sprite"][y1 - y : y2 - y, x1 - x : x2 - x, 3] > 0.5
             covered = float(canopy[y1:y2, x1:x2][a].mean()) if a.any() else 0.0
             occ = 0 if covered < 0.01 else 1 if covered <= 0.5 else 2
             score = 0 if ob["cat"] == 11 else 1
             self.rows.append([x1, y1, x2 - x1, y2 - y1, score, ob["cat"], ob["truncated"], occ])
         img = cv2.GaussianBlur(self.img, (0, 0), 0.6)
-        yy, xx = np.mgrid[0:self.h, 0:self.w].astype(np.float32)
+        yy, xx = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32)
         vignette = 1 - 0.18 * (((xx / self.w - 0.5) ** 2 + (yy / self.h - 0.5) ** 2) * 2)
         img = img * vignette[..., None] * self.rng.uniform(0.85, 1.1) + self.rng.normal(0, 3, img.shape)
         return np.clip(img, 0, 255).astype(np.uint8), self.rows
@@ -225,12 +230,13 @@ def render(seed: int, index: int, size: tuple[int, int] = DEFAULT_SIZE) -> tuple
     scene.add_buildings()
     for _ in range(int(rng.random() < 0.5) + int(rng.random() < 0.2)):
         scene.add_ignored_region()
-    scene.add_objects(int(rng.integers(18, 40) * scene.s ** 2))
+    scene.add_objects(int(rng.integers(18, 40) * scene.s**2))
     return scene.finish(scene.add_trees())
 
 
-def generate(out: str | Path, images: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE,
-             progress: bool = True) -> Path:
+def generate(
+    out: str | Path, images: int, seed: int = 0, size: tuple[int, int] = DEFAULT_SIZE, progress: bool = True
+) -> Path:
     """Write ``out/images/*.jpg`` and ``out/annotations/*.txt`` (VisDrone format)."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -238,16 +244,27 @@ def generate(out: str | Path, images: int, seed: int = 0, size: tuple[int, int] 
     for i in tqdm(range(images), desc=f"synth {out.name}", unit="img", disable=not progress or None, leave=False):
         img, rows = render(seed, i, size)
         stem = f"{seed:07d}_{i:05d}_s_{size[0]}x{size[1]}"
-        cv2.imwrite(str(out / "images" / f"{stem}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+        cv2.imwrite(
+            str(out / "images" / f"{stem}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
+        )
         (out / "annotations" / f"{stem}.txt").write_text("".join(",".join(map(str, r)) + "\n" for r in rows))
     return out
 
 
 def card_for(root: Path, spec: dict[str, Any], name: str = "synthetic") -> DatasetCard:
-    return DatasetCard(name=name, task="detection", format="visdrone", root=root,
-                       splits={k: k for k in spec["images"]}, classes=list(VISDRONE_CLASSES),
-                       category_ids=list(range(1, 11)), ignore=(0, 11), img_size=320, source=str(root), generate=spec)
+    return DatasetCard(
+        name=name,
+        task="detection",
+        format="visdrone",
+        root=root,
+        splits={k: k for k in spec["images"]},
+        classes=list(VISDRONE_CLASSES),
+        category_ids=list(range(1, 11)),
+        ignore=(0, 11),
+        img_size=320,
+        source=str(root),
+        generate=spec,
+    )
 
 
 def ensure_generated(card: DatasetCard) -> DatasetCard:

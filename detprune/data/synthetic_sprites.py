@@ -5,9 +5,10 @@ in minutes, while still reading as an aerial view: vehicles are seen from above 
 roofs, people are head-and-shoulder blobs. A sprite is ``float32 [h, w, 4]`` (RGB 0..255, alpha
 0..1) drawn heading along +x; the scene rotates it to the road direction.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import cv2
 import numpy as np
@@ -15,8 +16,15 @@ import numpy as np
 Sprite = np.ndarray
 Rng = np.random.Generator
 
-CAR_COLOURS = [(200, 30, 30), (30, 60, 180), (235, 235, 235), (170, 170, 175), (25, 25, 30), (20, 110, 60),
-               (210, 170, 40)]
+CAR_COLOURS = [
+    (200, 30, 30),
+    (30, 60, 180),
+    (235, 235, 235),
+    (170, 170, 175),
+    (25, 25, 30),
+    (20, 110, 60),
+    (210, 170, 40),
+]
 
 
 def _px(size: float) -> int:

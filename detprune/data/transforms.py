@@ -7,6 +7,7 @@ HSV and brightness/contrast changes; boxes follow through albumentations' ``Bbox
 Evaluation only letterboxes and records ``scale``/``pad`` so predictions map back to the original
 pixels (:func:`unletterbox`). Images leave as float tensors in 0..1, ``[3, H, W]``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,18 @@ class Letterboxed:
 class DetectionTransform:
     """Letterbox to ``img_size`` (square), with training augmentation when ``train``."""
 
-    def __init__(self, img_size: int, train: bool = False, *, jitter: float = 0.3, translate: float = 0.1,
-                 hflip: float = 0.5, vflip: float = 0.5, hsv: float = 0.5, min_visibility: float = 0.3):
+    def __init__(
+        self,
+        img_size: int,
+        train: bool = False,
+        *,
+        jitter: float = 0.3,
+        translate: float = 0.1,
+        hflip: float = 0.5,
+        vflip: float = 0.5,
+        hsv: float = 0.5,
+        min_visibility: float = 0.3,
+    ):
         self.img_size = int(img_size)
         self.train = train
         s = self.img_size
@@ -51,20 +62,31 @@ class DetectionTransform:
         ]
         if train:
             ops += [
-                A.Affine(scale=(1 - jitter, 1 + jitter), translate_percent=(-translate, translate),
-                         border_mode=cv2.BORDER_CONSTANT, fill=PAD_VALUE, p=1.0),
+                A.Affine(
+                    scale=(1 - jitter, 1 + jitter),
+                    translate_percent=(-translate, translate),
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=PAD_VALUE,
+                    p=1.0,
+                ),
                 A.HorizontalFlip(p=hflip),
                 A.VerticalFlip(p=vflip),
                 A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=40, val_shift_limit=30, p=hsv),
                 A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=hsv),
             ]
-        bbox = A.BboxParams(format="pascal_voc", label_fields=["labels", "kinds"], clip=True,
-                            min_visibility=min_visibility if train else 0.0,
-                            min_width=1.0 if train else 0.0, min_height=1.0 if train else 0.0)
+        bbox = A.BboxParams(
+            format="pascal_voc",
+            label_fields=["labels", "kinds"],
+            clip=True,
+            min_visibility=min_visibility if train else 0.0,
+            min_width=1.0 if train else 0.0,
+            min_height=1.0 if train else 0.0,
+        )
         self.pipeline = A.Compose(ops, bbox_params=bbox)
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                 ignore: np.ndarray | None = None) -> Letterboxed:
+    def __call__(
+        self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, ignore: np.ndarray | None = None
+    ) -> Letterboxed:
         h, w = image.shape[:2]
         ignore = np.zeros((0, 4), np.float32) if ignore is None else ignore
         frame = np.array([[0, 0, w, h]], np.float32)  # follows the image: gives the exact scale and pad
@@ -84,8 +106,13 @@ class DetectionTransform:
             nw, nh = round(w * nominal), round(h * nominal)
             scale_xy, pad = (nw / w, nh / h), (float((self.img_size - nw) // 2), float((self.img_size - nh) // 2))
         return Letterboxed(
-            image=to_tensor(out["image"]), boxes=ob[ok == KIND_TARGET], labels=ol[ok == KIND_TARGET],
-            ignore=ob[ok == KIND_IGNORE], scale=nominal, scale_xy=scale_xy, pad=pad,
+            image=to_tensor(out["image"]),
+            boxes=ob[ok == KIND_TARGET],
+            labels=ol[ok == KIND_TARGET],
+            ignore=ob[ok == KIND_IGNORE],
+            scale=nominal,
+            scale_xy=scale_xy,
+            pad=pad,
         )
 
 
@@ -111,8 +138,11 @@ class ClassificationTransform:
         pad = s // 8 if pad is None else pad
         ops: list[Any] = [A.Resize(s, s, interpolation=cv2.INTER_LINEAR)]
         if train:
-            ops += [A.PadIfNeeded(s + 2 * pad, s + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
-                    A.RandomCrop(s, s), A.HorizontalFlip(p=0.5)]
+            ops += [
+                A.PadIfNeeded(s + 2 * pad, s + 2 * pad, border_mode=cv2.BORDER_CONSTANT, fill=0),
+                A.RandomCrop(s, s),
+                A.HorizontalFlip(p=0.5),
+            ]
         self.pipeline = A.Compose(ops)
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:

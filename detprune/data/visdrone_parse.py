@@ -10,6 +10,7 @@ are accepted: a trailing comma on every line of one file, and boxes of height 0 
 counted). Anything else that is off raises :class:`DataFormatError` naming ``file:line`` and the
 field, or with ``lenient=True`` is skipped and listed in the :class:`DataReport`.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,7 +24,16 @@ from detprune.errors import DataFormatError
 
 FIELDS = ("left", "top", "width", "height", "score", "category", "truncation", "occlusion")
 VISDRONE_CLASSES = (
-    "pedestrian", "people", "bicycle", "car", "van", "truck", "tricycle", "awning-tricycle", "bus", "motor",
+    "pedestrian",
+    "people",
+    "bicycle",
+    "car",
+    "van",
+    "truck",
+    "tricycle",
+    "awning-tricycle",
+    "bus",
+    "motor",
 )  # categories 1..10
 NUM_CATEGORIES = 12  # 0 ignored region, 1..10 objects, 11 others
 _INT = re.compile(r"[+-]?[0-9]+\Z")
@@ -39,9 +49,7 @@ def _parse_line(line: str, image_size: tuple[int, int] | None) -> list[int]:
     if len(parts) == len(FIELDS) + 1 and parts[-1].strip() == "":
         parts = parts[:-1]  # trailing comma (official train file 9999974_00000_d_0000053.txt)
     if len(parts) != len(FIELDS):
-        raise _LineError(
-            f"expected {len(FIELDS)} comma-separated fields ({','.join(FIELDS)}), got {len(parts)}"
-        )
+        raise _LineError(f"expected {len(FIELDS)} comma-separated fields ({','.join(FIELDS)}), got {len(parts)}")
     values = []
     for name, raw in zip(FIELDS, parts):
         text = raw.strip()
@@ -66,13 +74,19 @@ def _parse_line(line: str, image_size: tuple[int, int] | None) -> list[int]:
             raise _LineError(f"field '{name}': {v} is outside {lo}..{hi}")
     for name, edge, start, size in (("width", "right", left, width), ("height", "bottom", top, height)):
         if start + size > INT64_MAX:  # checked even without an image size: the int64 rows must not wrap
-            raise _LineError(f"field '{name}': box {edge} edge {start}+{size}={start + size} is too large for a 64-bit integer")
+            raise _LineError(
+                f"field '{name}': box {edge} edge {start}+{size}={start + size} is too large for a 64-bit integer"
+            )
     if image_size is not None:
         h, w = image_size
         if left + width > w:
-            raise _LineError(f"field 'width': box right edge {left}+{width}={left + width} is outside the image width {w}")
+            raise _LineError(
+                f"field 'width': box right edge {left}+{width}={left + width} is outside the image width {w}"
+            )
         if top + height > h:
-            raise _LineError(f"field 'height': box bottom edge {top}+{height}={top + height} is outside the image height {h}")
+            raise _LineError(
+                f"field 'height': box bottom edge {top}+{height}={top + height} is outside the image height {h}"
+            )
     return values
 
 

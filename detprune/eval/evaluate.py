@@ -8,12 +8,14 @@ VisDrone MATLAB toolkit's; ``protocol`` in every result says so.
 
 The module is callable: ``detprune.eval.evaluate(model, loader, adapter)`` equals :func:`evaluate`.
 """
+
 from __future__ import annotations
 
 import inspect
 import sys
 import types
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +33,9 @@ def _np(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def predictions_to_rows(predictions: Iterable[dict[str, Any]], category_ids: Sequence[int],
-                        valid_ids: set[int] | None = None) -> np.ndarray:
+def predictions_to_rows(
+    predictions: Iterable[dict[str, Any]], category_ids: Sequence[int], valid_ids: set[int] | None = None
+) -> np.ndarray:
     """Prediction dicts -> ``[N, 7]`` rows ``(image_id, x, y, w, h, score, category_id)``."""
     chunks = []
     n_cls = len(category_ids)
@@ -45,8 +48,9 @@ def predictions_to_rows(predictions: Iterable[dict[str, Any]], category_ids: Seq
         scores = _np(p["scores"]).reshape(-1)
         labels = _np(p["labels"]).reshape(-1).astype(np.int64)
         if not len(boxes) == len(scores) == len(labels):
-            raise DataFormatError(f"prediction {k} (image {img}): {len(boxes)} boxes, {len(scores)} scores, "
-                                  f"{len(labels)} labels")
+            raise DataFormatError(
+                f"prediction {k} (image {img}): {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels"
+            )
         if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
             raise DataFormatError(f"prediction {k} (image {img}): label {int(labels.max())} is outside 0..{n_cls - 1}")
         rows = np.empty((len(boxes), 7))
@@ -59,8 +63,14 @@ def predictions_to_rows(predictions: Iterable[dict[str, Any]], category_ids: Seq
     return np.concatenate(chunks) if chunks else np.zeros((0, 7))
 
 
-def evaluate_detections(predictions: Iterable[dict[str, Any]], gt, *, category_ids: Sequence[int] | None = None,
-                        iou_range: bool = True, image_ids: Sequence[int] | None = None) -> dict[str, Any]:
+def evaluate_detections(
+    predictions: Iterable[dict[str, Any]],
+    gt,
+    *,
+    category_ids: Sequence[int] | None = None,
+    iou_range: bool = True,
+    image_ids: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """mAP of prediction dicts (docs/internals.md §3) against ``gt``: a detection dataset (its
     cached ``coco_gt()``), a ``torch.utils.data.Subset`` of one (scored on its images only) or a
     pycocotools ``COCO``. Label ``i`` is category ``category_ids[i]`` (default: the dataset's, else
@@ -100,8 +110,17 @@ def _device(model: torch.nn.Module, device: str | torch.device | None) -> torch.
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, adapter, loader: Iterable, *, conf: float = 0.1, nms_iou: float = 0.5,
-            max_det: int = 500, device: str | torch.device | None = None, progress: bool = True) -> list[dict[str, Any]]:
+def predict(
+    model: torch.nn.Module,
+    adapter,
+    loader: Iterable,
+    *,
+    conf: float = 0.1,
+    nms_iou: float = 0.5,
+    max_det: int = 500,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Run a detector over ``loader`` and decode: one prediction dict per image, in original pixels.
 
     ``adapter.decode(outputs, metas)`` gets ``conf``/``nms_iou``/``max_det`` when its signature takes
@@ -115,39 +134,59 @@ def predict(model: torch.nn.Module, adapter, loader: Iterable, *, conf: float = 
     kwargs = _decode_kwargs(adapter.decode, conf, nms_iou, max_det)
     preds: list[dict[str, Any]] = []
     try:
-        for images, _targets, metas in tqdm(loader, desc="eval", unit="batch", leave=False, disable=not progress or None):
+        for images, _targets, metas in tqdm(
+            loader, desc="eval", unit="batch", leave=False, disable=not progress or None
+        ):
             outputs = model(images.to(dev, non_blocking=True))
             decoded = adapter.decode(outputs, metas, **kwargs)
             for det, meta in zip(decoded, metas):
                 scores = det["scores"].detach().float().cpu()
                 keep = torch.nonzero(scores >= conf).flatten()
                 keep = keep[scores[keep].argsort(descending=True)[:max_det]]
-                preds.append({"image_id": meta["image_id"], "boxes": det["boxes"].detach().cpu()[keep],
-                              "scores": scores[keep], "labels": det["labels"].detach().cpu()[keep]})
+                preds.append(
+                    {
+                        "image_id": meta["image_id"],
+                        "boxes": det["boxes"].detach().cpu()[keep],
+                        "scores": scores[keep],
+                        "labels": det["labels"].detach().cpu()[keep],
+                    }
+                )
     finally:
         model.train(was_training)
     return preds
 
 
-def evaluate_model(model: torch.nn.Module, adapter, loader, *, conf: float = 0.1, nms_iou: float = 0.5,
-                   max_det: int = 500, device: str | torch.device | None = None, gt=None,
-                   iou_range: bool = True, progress: bool = True) -> dict[str, Any]:
+def evaluate_model(
+    model: torch.nn.Module,
+    adapter,
+    loader,
+    *,
+    conf: float = 0.1,
+    nms_iou: float = 0.5,
+    max_det: int = 500,
+    device: str | torch.device | None = None,
+    gt=None,
+    iou_range: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Predict with ``model`` + ``adapter`` over ``loader`` and score against ``gt`` (default: the
     loader's dataset). Metric keys as :func:`evaluate_detections`, plus ``conf`` and ``nms_iou``."""
     gt = gt if gt is not None else getattr(loader, "dataset", None)
     base = gt.dataset if isinstance(gt, Subset) else gt
     if base is None or not (hasattr(base, "coco_gt") or hasattr(base, "getImgIds")):
         raise DataFormatError("evaluate_model needs ground truth: a loader over a detprune detection dataset, or gt=")
-    preds = predict(model, adapter, loader, conf=conf, nms_iou=nms_iou, max_det=max_det, device=device,
-                    progress=progress)
+    preds = predict(
+        model, adapter, loader, conf=conf, nms_iou=nms_iou, max_det=max_det, device=device, progress=progress
+    )
     out = evaluate_detections(preds, gt, iou_range=iou_range)
     out.update(conf=conf, nms_iou=nms_iou)
     return out
 
 
 @torch.inference_mode()
-def evaluate_classifier(model: torch.nn.Module, loader: Iterable, *, device: str | torch.device | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+def evaluate_classifier(
+    model: torch.nn.Module, loader: Iterable, *, device: str | torch.device | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Top-1 accuracy (fraction, 0..1) over ``(images, labels)`` batches."""
     from tqdm import tqdm
 
@@ -167,8 +206,15 @@ def evaluate_classifier(model: torch.nn.Module, loader: Iterable, *, device: str
     return {"top1": correct / total if total else 0.0, "images": total}
 
 
-def evaluate(model: torch.nn.Module | None = None, loader: Iterable | None = None, adapter=None, *,
-             predictions: Iterable[dict[str, Any]] | None = None, gt=None, **kwargs: Any) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module | None = None,
+    loader: Iterable | None = None,
+    adapter=None,
+    *,
+    predictions: Iterable[dict[str, Any]] | None = None,
+    gt=None,
+    **kwargs: Any,
+) -> dict[str, Any]:
     """One entry point: predictions + gt -> mAP; a detector adapter -> mAP; otherwise top-1."""
     if predictions is not None:
         return evaluate_detections(predictions, gt if gt is not None else getattr(loader, "dataset", None), **kwargs)

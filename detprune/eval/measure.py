@@ -8,14 +8,16 @@ CUDA events on a GPU, ``perf_counter`` on the CPU. Modes: ``eager``; ``compile``
 per-kernel launch cost that hides the gain of thinner layers at small batches); and
 ``onnxruntime`` (CPU, via a legacy ONNX export).
 """
+
 from __future__ import annotations
 
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,8 +106,15 @@ def _onnx_runner(model: nn.Module, inputs: tuple[Any, ...]) -> Callable[[], Any]
     return lambda: session.run(None, feed)
 
 
-def measure_latency(model: nn.Module, inputs: Any, *, warmup: int = 10, iters: int = 50, mode: str = "eager",
-                    device: str | torch.device | None = None) -> Latency:
+def measure_latency(
+    model: nn.Module,
+    inputs: Any,
+    *,
+    warmup: int = 10,
+    iters: int = 50,
+    mode: str = "eager",
+    device: str | torch.device | None = None,
+) -> Latency:
     """Median latency of ``model(*inputs)`` in eval mode without gradients."""
     inputs = _as_tuple(inputs)
     dev = torch.device(device) if device is not None else next(model.parameters()).device

@@ -7,6 +7,7 @@ at ``maxDets=100`` only, so every number is read straight from ``eval['precision
 ``[T, R, K, A, M]``), averaging the entries > -1 exactly as ``COCOeval._summarize`` does.
 Only the ``all`` area range is evaluated: the others are never reported and cost 3x the time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,15 @@ def results_coco(gt, dets: np.ndarray):
 
     res = COCO()
     anns = [
-        {"id": i + 1, "image_id": int(r[0]), "bbox": [float(r[1]), float(r[2]), float(r[3]), float(r[4])],
-         "score": float(r[5]), "category_id": int(r[6]), "area": float(r[3] * r[4]), "iscrowd": 0}
+        {
+            "id": i + 1,
+            "image_id": int(r[0]),
+            "bbox": [float(r[1]), float(r[2]), float(r[3]), float(r[4])],
+            "score": float(r[5]),
+            "category_id": int(r[6]),
+            "area": float(r[3] * r[4]),
+            "iscrowd": 0,
+        }
         for i, r in enumerate(dets)
     ]
     res.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": anns}
@@ -43,8 +51,13 @@ def _mean(p: np.ndarray) -> float:
     return float(v.mean()) if v.size else -1.0
 
 
-def coco_map(gt, dets: np.ndarray, class_names: dict[int, str] | None = None,
-             iou_range: bool = True, image_ids: list[int] | None = None) -> dict[str, Any]:
+def coco_map(
+    gt,
+    dets: np.ndarray,
+    class_names: dict[int, str] | None = None,
+    iou_range: bool = True,
+    image_ids: list[int] | None = None,
+) -> dict[str, Any]:
     """Score ``dets`` (``[N, 7]``, see :func:`results_coco`) against the ``COCO`` ``gt``.
 
     Returns ``map50`` (AP@0.5, maxDets 100), ``map50_500`` (maxDets 500), ``map`` (AP@[.5:.95],

@@ -6,6 +6,7 @@
 
 See docs/internals.md section 1 for the contract.
 """
+
 from __future__ import annotations
 
 from detprune.errors import GraphError

@@ -10,11 +10,13 @@ Producers (conv, linear) mint fresh ids; everything else moves, slices, concaten
 them (``ops/`` modules). The result is a :class:`Capture`: raw ids, union pairs, constraints,
 fixed ids and, per module, which ids each of its channel axes carries.
 """
+
 from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -246,4 +248,3 @@ def run_capture(model: nn.Module, inputs: tuple[Any, ...], leaves: Sequence[Any]
         output_spec=spec,
         output_shapes=shapes,
     )
-

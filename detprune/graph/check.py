@@ -4,9 +4,11 @@ The bisection follows mmrazor's ``find_mutable`` idea: prune half of the plan's 
 copy, keep the half that still fails, until one group is left, so the error names the group
 (its producers) and the op where the forward broke instead of a shape mismatch deep inside.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,8 +61,9 @@ def _describe(graph, gid: int) -> str:
     return f"group {gid} (size {g.size}, producers {shown or 'none'})"
 
 
-def check_or_explain(graph, original: nn.Module | None, pruned: nn.Module, plan: PruningPlan,
-                     apply: Callable[..., nn.Module]) -> None:
+def check_or_explain(
+    graph, original: nn.Module | None, pruned: nn.Module, plan: PruningPlan, apply: Callable[..., nn.Module]
+) -> None:
     """Run the pruned model once; on failure, bisect the plan's groups (re-pruning ``original`` with
     ``apply``, the surgery) and name the first group that breaks the forward pass."""
     problem = run_forward(graph, pruned)
@@ -68,8 +71,10 @@ def check_or_explain(graph, original: nn.Module | None, pruned: nn.Module, plan:
         return
     gids = sorted(plan.kept)
     if original is None or len(gids) == 1:
-        raise GraphError(f"the pruned model fails on the example inputs: {problem}"
-                         + (f" (pruning {_describe(graph, gids[0])})" if len(gids) == 1 else ""))
+        raise GraphError(
+            f"the pruned model fails on the example inputs: {problem}"
+            + (f" (pruning {_describe(graph, gids[0])})" if len(gids) == 1 else "")
+        )
     while len(gids) > 1:
         half = len(gids) // 2
         first, second = gids[:half], gids[half:]
@@ -81,5 +86,7 @@ def check_or_explain(graph, original: nn.Module | None, pruned: nn.Module, plan:
         if p2 is not None:
             gids, problem = second, p2
             continue
-        raise GraphError(f"the pruned model fails on the example inputs only when groups {gids} are pruned together: {problem}")
+        raise GraphError(
+            f"the pruned model fails on the example inputs only when groups {gids} are pruned together: {problem}"
+        )
     raise GraphError(f"pruning {_describe(graph, gids[0])} breaks the forward pass: {problem}")

@@ -6,6 +6,7 @@ directly, clones parameters and buffers (or takes the replacement tensors given 
 keyed by ``id`` of the original), and falls back to ``copy.deepcopy`` for any other attribute
 and for modules that customise copying or pickling.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,8 +45,12 @@ def _torch_own(fn: Any) -> bool:
 
 def _plain(m: nn.Module) -> bool:
     cls = type(m)
-    return (getattr(cls, "__deepcopy__", None) is None and cls.__reduce_ex__ is object.__reduce_ex__
-            and _torch_own(cls.__getstate__) and _torch_own(cls.__setstate__))
+    return (
+        getattr(cls, "__deepcopy__", None) is None
+        and cls.__reduce_ex__ is object.__reduce_ex__
+        and _torch_own(cls.__getstate__)
+        and _torch_own(cls.__setstate__)
+    )
 
 
 def clone(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:

@@ -6,11 +6,13 @@ filters, e.g. every producer of a ResNet stage's residual stream) or a shared co
 (chunk pieces, grouped-conv blocks). A group's channels are its classes, numbered 0..size-1 in
 order of first appearance; plans keep or drop those channel numbers.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,8 +102,13 @@ class ChannelGroup:
         """The slot's weight, one row per position (a detached copy), or None without a weight."""
         return slot_rows(model, slot, self.records.get(slot.module))
 
-    def reduce(self, model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], role: str = "out",
-               types: type | tuple[type, ...] | None = None) -> torch.Tensor:
+    def reduce(
+        self,
+        model: nn.Module,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        role: str = "out",
+        types: type | tuple[type, ...] | None = None,
+    ) -> torch.Tensor:
         """Scatter-add ``fn(rows)`` of every ``role`` slot onto group channels -> ``[size]``."""
         total = torch.zeros(self.size, dtype=torch.float32)
         for slot in self.slots:
@@ -114,7 +121,9 @@ class ChannelGroup:
                 continue
             vals = fn(rows).detach().reshape(-1).to(device="cpu", dtype=torch.float32)
             if vals.numel() != len(slot.index):
-                raise GraphError(f"criterion returned {vals.numel()} values for {len(slot.index)} rows of {slot.module}")
+                raise GraphError(
+                    f"criterion returned {vals.numel()} values for {len(slot.index)} rows of {slot.module}"
+                )
             total.index_add_(0, slot.channel, vals)
         return total
 
@@ -174,7 +183,7 @@ class ChannelGraph:
         for gid, idx in plan.kept.items():
             m = np.zeros(self.groups[gid].size, dtype=bool)
             m[idx.numpy()] = True
-            keep[offsets[gid]: offsets[gid + 1]] = m
+            keep[offsets[gid] : offsets[gid + 1]] = m
         return keep[offsets[self.group_of] + self.chan_of]
 
     def kept_index(self, plan, module: str, role: str) -> torch.Tensor:
@@ -191,8 +200,14 @@ class ChannelGraph:
             ids = slots[0].ids
         return torch.from_numpy(np.flatnonzero(keep[ids]))
 
-    def plan(self, scores: dict[int, torch.Tensor], ratio: float, round_to: int | None = None,
-             global_ranking: bool = False, min_keep: float = 0.0):
+    def plan(
+        self,
+        scores: dict[int, torch.Tensor],
+        ratio: float,
+        round_to: int | None = None,
+        global_ranking: bool = False,
+        min_keep: float = 0.0,
+    ):
         """Top channels per group (or by one global ranking), respecting every constraint."""
         return make_plan(self, scores, ratio, round_to=round_to, global_ranking=global_ranking, min_keep=min_keep)
 
@@ -211,8 +226,9 @@ def _components_labels(cap: Capture, extra: Iterable[tuple[np.ndarray, np.ndarra
     return components(cap.n_ids, list(cap.edges) + list(extra))
 
 
-def build_graph(cap: Capture, model: nn.Module, inputs: tuple[Any, ...], protected: Iterable[str] = (),
-                leaves: Iterable[Any] = ()) -> ChannelGraph:
+def build_graph(
+    cap: Capture, model: nn.Module, inputs: tuple[Any, ...], protected: Iterable[str] = (), leaves: Iterable[Any] = ()
+) -> ChannelGraph:
     """Resolve classes and groups from a capture and attach slots and constraints to each group."""
     protected = tuple(protected)
     fixed = list(cap.fixed)
@@ -229,7 +245,11 @@ def build_graph(cap: Capture, model: nn.Module, inputs: tuple[Any, ...], protect
             if s.module == p or s.module.startswith(p + "."):
                 fixed.append((s.ids, f"protected: {p}"))
     cls = _components_labels(cap)
-    link = [(np.full(stop - start - 1, start), np.arange(start + 1, stop)) for start, stop, _ in cap.sources if stop - start > 1]
+    link = [
+        (np.full(stop - start - 1, start), np.arange(start + 1, stop))
+        for start, stop, _ in cap.sources
+        if stop - start > 1
+    ]
     constraints = _dedupe(cap.constraints)
     for c in constraints:
         allids = np.concatenate(c.blocks)
@@ -268,13 +288,29 @@ def build_graph(cap: Capture, model: nn.Module, inputs: tuple[Any, ...], protect
         blocks[g].append((c.where, [torch.from_numpy(chan_of[b]) for b in c.blocks]))
     rec_map = dict(cap.records)
     groups = [
-        ChannelGroup(id=k, size=int(sizes[k]), slots=slots[k], fixed=torch.from_numpy(fixed_mask[k]),
-                     fixed_reasons=reasons[k], blocks=blocks[k], records=rec_map)
+        ChannelGroup(
+            id=k,
+            size=int(sizes[k]),
+            slots=slots[k],
+            fixed=torch.from_numpy(fixed_mask[k]),
+            fixed_reasons=reasons[k],
+            blocks=blocks[k],
+            records=rec_map,
+        )
         for k in range(len(order))
     ]
-    return ChannelGraph(groups=groups, records=rec_map, param_slots=pslots, group_of=group_of, chan_of=chan_of,
-                        example_inputs=tuple(inputs), output_spec=cap.output_spec, output_shapes=cap.output_shapes,
-                        protected=protected, leaves=tuple(leaves))
+    return ChannelGraph(
+        groups=groups,
+        records=rec_map,
+        param_slots=pslots,
+        group_of=group_of,
+        chan_of=chan_of,
+        example_inputs=tuple(inputs),
+        output_spec=cap.output_spec,
+        output_shapes=cap.output_shapes,
+        protected=protected,
+        leaves=tuple(leaves),
+    )
 
 
 def _add_slots(slots, module: str, role: str, ids: np.ndarray, group_of, chan_of, param=None, kind="") -> None:

@@ -2,10 +2,12 @@
 
 Pruners return it, surgery applies it, recipes store it (``to_dict``/``from_dict``, JSON only).
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -50,7 +52,7 @@ class PruningPlan:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PruningPlan":
+    def from_dict(cls, data: Mapping[str, Any]) -> PruningPlan:
         """Inverse of :meth:`to_dict`."""
         kept = {int(g): torch.tensor(v, dtype=torch.long) for g, v in data.get("kept", {}).items()}
         widths = {int(g): {str(k): int(n) for k, n in w.items()} for g, w in data.get("widths", {}).items()}

@@ -7,6 +7,7 @@ by the mean score of its members. Channels fixed by the graph never go, no produ
 and every group keeps at least one channel. ``global_ranking`` ranks all groups' candidates
 against one threshold (scores must then be comparable: criteria normalise per layer).
 """
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,7 @@ def structure(group) -> _Structure:
     if nested and not _have_milp():
         nested = False
         for w in weights:  # without a solver, channels bound by several constraints stay
-            fixed |= (w.any(axis=1) & ~(w == w[:, :1]).all(axis=1))
+            fixed |= w.any(axis=1) & ~(w == w[:, :1]).all(axis=1)
     buckets = []
     bound = (bound_by >= 0) & ~fixed
     for s, wt in sorted({(int(a), int(b)) for a, b in zip(bound_by[bound], weight_of[bound])}):
@@ -100,20 +101,33 @@ def _solve_nested(group, score: np.ndarray, n_remove: int) -> np.ndarray:
     rows, lo, hi = [], [], []
     for w in st.weights:
         for j in range(1, w.shape[1]):
-            rows.append(w[:, j] - w[:, 0]); lo.append(0); hi.append(0)  # noqa: E702
+            rows.append(w[:, j] - w[:, 0])
+            lo.append(0)
+            hi.append(0)  # noqa: E702
         for j in range(w.shape[1]):
-            rows.append(w[:, j]); lo.append(0); hi.append(w[:, j].sum() - 1)  # noqa: E702
+            rows.append(w[:, j])
+            lo.append(0)
+            hi.append(w[:, j].sum() - 1)  # noqa: E702
     for slot in group.slots:
         if slot.role in ("out", "through"):
             chans = np.unique(slot.channel.numpy())
             row = np.zeros(n)
             row[chans] = 1
-            rows.append(row); lo.append(0); hi.append(len(chans) - 1)  # noqa: E702
-    rows.append(np.ones(n)); lo.append(0); hi.append(n_remove)  # noqa: E702
+            rows.append(row)
+            lo.append(0)
+            hi.append(len(chans) - 1)  # noqa: E702
+    rows.append(np.ones(n))
+    lo.append(0)
+    hi.append(n_remove)  # noqa: E702
     span = float(np.ptp(score)) or 1.0
     cost = (score - score.min()) / span - (n + 1.0)  # count first, then low scores
-    res = milp(cost, integrality=np.ones(n), bounds=Bounds(0, np.where(st.fixed, 0, 1)),
-               constraints=LinearConstraint(np.array(rows, dtype=float), lo, hi), options={"time_limit": 10.0})
+    res = milp(
+        cost,
+        integrality=np.ones(n),
+        bounds=Bounds(0, np.where(st.fixed, 0, 1)),
+        constraints=LinearConstraint(np.array(rows, dtype=float), lo, hi),
+        options={"time_limit": 10.0},
+    )
     if res.x is None:
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(res.x > 0.5)
@@ -198,8 +212,14 @@ def _target_keep(n: int, ratio: float, round_to: int | None, min_keep: float) ->
     return keep
 
 
-def make_plan(graph, scores: dict[int, torch.Tensor], ratio: float, round_to: int | None = None,
-              global_ranking: bool = False, min_keep: float = 0.0) -> PruningPlan:
+def make_plan(
+    graph,
+    scores: dict[int, torch.Tensor],
+    ratio: float,
+    round_to: int | None = None,
+    global_ranking: bool = False,
+    min_keep: float = 0.0,
+) -> PruningPlan:
     if not 0.0 <= ratio < 1.0:
         raise GraphError(f"ratio is the fraction of channels removed and must be in [0, 1), got {ratio}")
     if round_to is not None and round_to < 1:
@@ -270,11 +290,16 @@ def validate(graph, plan: PruningPlan) -> None:
             raise GraphError(f"plan prunes group {gid}, which cannot be pruned: {g.reason}")
         lost = np.flatnonzero(g.fixed.numpy() & ~keep)
         if lost.size:
-            raise GraphError(f"plan removes channel {int(lost[0])} of group {gid}, which must stay: {'; '.join(g.fixed_reasons)}")
+            raise GraphError(
+                f"plan removes channel {int(lost[0])} of group {gid}, which must stay: {'; '.join(g.fixed_reasons)}"
+            )
         for what, blocks in g.blocks:
             counts = [int(keep[b.numpy()].sum()) for b in blocks]
             if len(set(counts)) > 1 or min(counts) < 1:
-                raise GraphError(f"plan keeps {counts} channels in the blocks of {what} (group {gid}); they must be equal and non-zero")
+                raise GraphError(
+                    f"plan keeps {counts} channels in the blocks of {what} (group {gid}); "
+                    "they must be equal and non-zero"
+                )
         for s in g.slots:
             if s.role in ("out", "through") and not keep[s.channel.numpy()].any():
                 raise GraphError(f"plan removes every channel of {s.module} ({s.role}) in group {gid}")

@@ -1,10 +1,12 @@
 """What a capture records: per-module channel axes, per-channel parameters, constraints, and the
 whole :class:`Capture` that ``build_graph`` turns into groups. Data only, so the op handlers
 (``ops/``) and the recorder (``capture.py``) can both use it without importing each other."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +64,6 @@ class Capture:
     param_slots: dict[tuple[str, str, int], ParamSlot]
     output_spec: Any  # pytree spec of the outputs
     output_shapes: list[tuple[int, ...] | None]
-
 
 
 def flat_tensors(args: Iterable[Any], kwargs: dict[str, Any]) -> list[torch.Tensor]:

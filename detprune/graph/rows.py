@@ -5,6 +5,7 @@
 Rows are detached and read-only: a view of the weight when the slot spans a whole filter bank,
 otherwise a gathered copy.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,16 +39,21 @@ def slot_rows(model: nn.Module, slot, rec: ModRecord | None) -> torch.Tensor | N
         names = [n for n, _ in rec.params.get("through", [])]
         if "weight" not in names:
             return None
-        return getattr(module, "weight").detach()[idx].reshape(-1, 1)
+        return module.weight.detach()[idx].reshape(-1, 1)
     if rec.kind == "dwconv":
         w = getattr(module, rec.params["through"][0][0]).detach()
         return w.reshape(-1, *w.shape[2:])[idx].flatten(1) if rec.transposed else w[idx].flatten(1)
     wname = rec.params["out"][0][0]
     w = getattr(module, wname).detach()
-    if slot.role == "out" and not rec.transposed and len(idx) == w.shape[0] and bool((idx == torch.arange(len(idx))).all()):
+    if (
+        slot.role == "out"
+        and not rec.transposed
+        and len(idx) == w.shape[0]
+        and bool((idx == torch.arange(len(idx))).all())
+    ):
         return w.flatten(1)  # the whole filter bank: a read-only view, no copy of a large layer
     if rec.kind == "linear":
-        return (w[idx] if slot.role == "out" else w[:, idx].t())
+        return w[idx] if slot.role == "out" else w[:, idx].t()
     g = rec.groups
     if not rec.transposed:  # [out, in/g, k..]
         if slot.role == "out":

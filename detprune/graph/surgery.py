@@ -6,6 +6,7 @@ Grouped convolutions keep their group count (each group keeps the same number of
 the graph's constraints guarantee); depthwise convolutions shrink their group count with their
 channels.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,7 +36,9 @@ def _rows_cols(w: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return w[rows[:, None], cols[None, :]]
 
 
-def _grouped_gather(w: torch.Tensor, rows: torch.Tensor, mask2d: np.ndarray, rows_per_group: int, rec: ModRecord) -> torch.Tensor:
+def _grouped_gather(
+    w: torch.Tensor, rows: torch.Tensor, mask2d: np.ndarray, rows_per_group: int, rec: ModRecord
+) -> torch.Tensor:
     """Keep, for each kept row of group j, the columns (axis 1) group j keeps."""
     counts = mask2d.sum(axis=1)
     if len(set(counts.tolist())) != 1:
@@ -56,9 +59,17 @@ def _conv(m: nn.Module, rec: ModRecord, out_m: np.ndarray, in_m: np.ndarray) -> 
     if not out_i.numel() or not in_i.numel():
         raise GraphError(f"module '{rec.name}' would keep no channels")
     if not rec.transposed:  # [out, in/g, k..]
-        w = _rows_cols(w, out_i, in_i) if g == 1 else _grouped_gather(w, out_i, in_m.reshape(g, -1), len(out_m) // g, rec)
+        w = (
+            _rows_cols(w, out_i, in_i)
+            if g == 1
+            else _grouped_gather(w, out_i, in_m.reshape(g, -1), len(out_m) // g, rec)
+        )
     else:  # [in, out/g, k..]
-        w = _rows_cols(w, in_i, out_i) if g == 1 else _grouped_gather(w, in_i, out_m.reshape(g, -1), len(in_m) // g, rec)
+        w = (
+            _rows_cols(w, in_i, out_i)
+            if g == 1
+            else _grouped_gather(w, in_i, out_m.reshape(g, -1), len(in_m) // g, rec)
+        )
     tensors = {wname: w}
     if bname:
         tensors[bname] = _get(m, bname)[out_i]
@@ -178,7 +189,9 @@ def apply(graph, model: nn.Module, plan, inplace: bool = False, check: bool = Tr
             for pname, value in tensors.items():
                 old = getattr(m, pname)
                 value = value.contiguous()
-                memo[id(old)] = nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+                memo[id(old)] = (
+                    nn.Parameter(value, requires_grad=old.requires_grad) if isinstance(old, nn.Parameter) else value
+                )
         new = clone(model, memo)
         for name, (_, attrs) in changes.items():
             _install(new.get_submodule(name), {}, attrs)

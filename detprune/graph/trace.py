@@ -7,9 +7,11 @@ on the zoo, fails on Faster R-CNN, and rewrites modules into ATen ops whose weig
 back. A ``TorchFunctionMode`` sees every torch call of one real eval-mode forward with concrete
 shapes, Python control flow included, at about the cost of fx (benchmarks/README.md).
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,8 +30,9 @@ def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
     raise GraphError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
 
 
-def trace(model: nn.Module, example_inputs: Any, protected: Iterable[str] = (),
-          leaves: Sequence[str | type] = ()) -> ChannelGraph:
+def trace(
+    model: nn.Module, example_inputs: Any, protected: Iterable[str] = (), leaves: Sequence[str | type] = ()
+) -> ChannelGraph:
     """Find every group of coupled channels of ``model`` at the shape of ``example_inputs``.
 
     :param protected: qualified module names (or prefixes) whose output channels must stay,

@@ -4,9 +4,10 @@ The engine collects "these two channel ids must live or die together" pairs whil
 forward pass and resolves them once at the end; a labelling by minimum id keeps class and group
 numbering deterministic for a given model and input shape.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -6,6 +6,7 @@ Names are normalised so that ``torch.add``, ``Tensor.add``, ``Tensor.add_``, ``x
 the few pointwise Python-level functions without an ATen twin of the same name are listed in
 ``ops_elementwise.PASS``. Anything else that touches a followed tensor is an error naming the op.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,13 +21,23 @@ from detprune.graph.ops import shape as ops_shape
 PRODUCERS = {n for n in ops_layers.HANDLERS if n.startswith(("conv", "linear"))}
 
 _DUNDER_BINARY = {
-    "add": "add", "sub": "sub", "mul": "mul", "truediv": "div", "floordiv": "floor_divide",
-    "mod": "remainder", "pow": "pow", "matmul": "matmul", "and": "bitwise_and", "or": "bitwise_or",
-    "xor": "bitwise_xor", "lshift": "bitwise_left_shift", "rshift": "bitwise_right_shift",
+    "add": "add",
+    "sub": "sub",
+    "mul": "mul",
+    "truediv": "div",
+    "floordiv": "floor_divide",
+    "mod": "remainder",
+    "pow": "pow",
+    "matmul": "matmul",
+    "and": "bitwise_and",
+    "or": "bitwise_or",
+    "xor": "bitwise_xor",
+    "lshift": "bitwise_left_shift",
+    "rshift": "bitwise_right_shift",
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def op_name(func: Any) -> str:
     """``Tensor.__iadd__`` -> ``add``; ``F._max_pool2d`` -> ``max_pool2d``; ``Tensor.T`` -> ``T``."""
     name = getattr(func, "__name__", None) or repr(func)
@@ -45,7 +56,7 @@ def op_name(func: Any) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def is_pointwise(name: str) -> bool:
     """True when ATen tags an op of this name ``pointwise`` (elementwise with broadcasting)."""
     packet = getattr(torch.ops.aten, name, None)

@@ -1,8 +1,10 @@
 """Figures of a prune run: layer widths before and after (matplotlib, Agg backend, no display)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 def plot_widths(layers: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:

@@ -15,6 +15,7 @@ the prunable groups (a pruner counting another base is labelled as such), the sp
 epochs that applied it, labelled "kept %" columns, a short summary per compensator, and a latency cell
 marked ⚠ when its spread (p90 - p10) / median exceeds ``LATENCY_SPREAD_LIMIT``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,9 @@ LATENCY_SPREAD_LIMIT = 0.25
 NOISY = "⚠"
 _CELL = 60  # characters of a shortened value in a table cell or list
 # plan meta keys report.md shows elsewhere (header, sparsity line, achieved-ratio lines), so not in the list
-_META_SHOWN = frozenset({"pruner", "criterion", "ratio", "asked_ratio", "achieved_ratio", "channels", "channels_removed",
-                         "s"})
+_META_SHOWN = frozenset(
+    {"pruner", "criterion", "ratio", "asked_ratio", "achieved_ratio", "channels", "channels_removed", "s"}
+)
 _NONE = object()  # "option not given": a meta value equal to a given pruner option is not listed again
 _SKETCH_OPTIONS = ("alpha", "mode", "variant", "bn", "recalibrate", "calib_batches")
 
@@ -50,8 +52,9 @@ def layer_widths(dense: nn.Module, pruned: nn.Module) -> list[dict[str, Any]]:
     for name, m in dense.named_modules():
         if isinstance(m, _WIDTH_TYPES):
             p = after.get(name)
-            rows.append({"module": name, "kind": type(m).__name__, "before": _out(m),
-                         "after": _out(p) if p is not None else 0})
+            rows.append(
+                {"module": name, "kind": type(m).__name__, "before": _out(m), "after": _out(p) if p is not None else 0}
+            )
     return rows
 
 
@@ -63,11 +66,15 @@ def plan_summary(plan: Any, graph: Any) -> dict[str, Any]:
     groups = graph.prunable_groups()
     before = sum(g.size for g in groups)
     after = sum(plan.kept_count(g.id, g.size) for g in groups)
-    return {"meta": dict(plan.meta), "groups": len(groups), "groups_pruned": sum(1 for g in groups if g.id in plan.kept
-                                                                               and plan.kept_count(g.id, g.size) < g.size),
-            "channels_before": before, "channels_after": after,
-            "achieved_ratio": 1.0 - after / before if before else 0.0,
-            "widths": {str(g): dict(w) for g, w in plan.widths.items()}}
+    return {
+        "meta": dict(plan.meta),
+        "groups": len(groups),
+        "groups_pruned": sum(1 for g in groups if g.id in plan.kept and plan.kept_count(g.id, g.size) < g.size),
+        "channels_before": before,
+        "channels_after": after,
+        "achieved_ratio": 1.0 - after / before if before else 0.0,
+        "widths": {str(g): dict(w) for g, w in plan.widths.items()},
+    }
 
 
 def jsonable(obj: Any) -> Any:
@@ -98,27 +105,53 @@ def build(raw: dict[str, Any]) -> dict[str, Any]:
     dense, pruned = raw["dense"], raw["pruned"]
     metric = METRIC[raw["task"]]
     kept = {k: pruned[k] / dense[k] if dense[k] else None for k in ("params", "flops", "latency_ms")}
-    report = {k: raw[k] for k in ("model", "adapter_args", "task", "data", "pruner", "pruner_options", "criterion",
-                                  "ratio", "compensators", "compensator_options", "device")}
-    report = {"format": FORMAT, **report, "metric": metric, "dense": dense, "pruned": pruned,
-              "before_finetune": raw.get("before_finetune"), "kept": kept,
-              "plan": plan_summary(raw["plan"], raw["graph"]),
-              "layers": layer_widths(raw["dense_model"], raw["pruned_model"]),
-              "compensation": raw.get("compensation", {}), "training": raw.get("training", {}),
-              "timings_s": raw.get("timings_s", {}), "config": raw.get("config"), "detprune_version": __version__}
+    report = {
+        k: raw[k]
+        for k in (
+            "model",
+            "adapter_args",
+            "task",
+            "data",
+            "pruner",
+            "pruner_options",
+            "criterion",
+            "ratio",
+            "compensators",
+            "compensator_options",
+            "device",
+        )
+    }
+    report = {
+        "format": FORMAT,
+        **report,
+        "metric": metric,
+        "dense": dense,
+        "pruned": pruned,
+        "before_finetune": raw.get("before_finetune"),
+        "kept": kept,
+        "plan": plan_summary(raw["plan"], raw["graph"]),
+        "layers": layer_widths(raw["dense_model"], raw["pruned_model"]),
+        "compensation": raw.get("compensation", {}),
+        "training": raw.get("training", {}),
+        "timings_s": raw.get("timings_s", {}),
+        "config": raw.get("config"),
+        "detprune_version": __version__,
+    }
     return jsonable(report)
 
 
-def write_report(raw: dict[str, Any], out: str | Path, pruner: Any = None, plots: bool = True,
-                 files: dict[str, Path] | None = None) -> dict[str, Path]:
+def write_report(
+    raw: dict[str, Any], out: str | Path, pruner: Any = None, plots: bool = True, files: dict[str, Path] | None = None
+) -> dict[str, Path]:
     """Write report.json, report.md and the plots (widths; the pruner's own, e.g. γ histograms);
     ``files`` already written (pruned.pt) are listed in the report too. Returns every file."""
     out = Path(out)
     report = build(raw)
     files = {**(files or {}), "json": out / "report.json", "md": out / "report.md"}
     if plots:
-        files["widths"] = plot_widths(report["layers"], out / "widths.png",
-                                      title=f"{report['model']}: widths before / after {report['pruner']}")
+        files["widths"] = plot_widths(
+            report["layers"], out / "widths.png", title=f"{report['model']}: widths before / after {report['pruner']}"
+        )
         if pruner is not None:
             made = pruner.plot(out)
             for i, p in enumerate(made if isinstance(made, (list, tuple)) else ([made] if made else [])):
@@ -160,7 +193,7 @@ def _short(v: Any, width: int = _CELL) -> str:
         text = "none" if not v else (f"{len(v)} — " if len(v) > 3 else "") + ", ".join(_short(x, width) for x in v)
     else:
         text = str(v)
-    return text if len(text) <= width else text[:width - 1].rstrip(", ") + "…"
+    return text if len(text) <= width else text[: width - 1].rstrip(", ") + "…"
 
 
 def _cell(v: Any, width: int = _CELL) -> str:
@@ -176,6 +209,7 @@ def _options(opts: dict[str, Any] | None, drop: tuple[str, ...] = ()) -> str:
 
 # ---- header: the method, once --------------------------------------------------------------------
 
+
 def criterion(r: dict[str, Any]) -> str:
     """The criterion the pruner used: its plan meta says, else the context default (``l1``) it was handed."""
     return (r.get("plan") or {}).get("meta", {}).get("criterion") or r["criterion"]
@@ -190,7 +224,7 @@ def sparsity_line(r: dict[str, Any]) -> str:
     if s is not None and epochs:
         return f"sparsity s = {_short(s)}, {epochs} sparsity epoch{'s' * (epochs != 1)} trained before pruning"
     if s is not None:
-        weights = ((r.get("config") or {}).get("weights"))
+        weights = (r.get("config") or {}).get("weights")
         source = f"; the BN scales are those of `{Path(weights).name}`" if weights else ""
         return f"no sparsity training in this run (s = {_short(s)} not applied{source})"
     if epochs:
@@ -202,17 +236,26 @@ def _header(r: dict[str, Any]) -> list[str]:
     data, lat = r["data"], (r["dense"].get("latency") or {})
     runs = f" of {lat['iters']} runs" if lat.get("iters") else ""
     comps = ", ".join(f"{name}{_options((r['compensator_options'] or {}).get(name))}" for name in r["compensators"])
-    return [f"# detprune prune report: {r['model']}", "",
-            (f"- data: `{data.get('name')}` ({data.get('val_split')}: {data.get('val_images')} images, "
-             f"input {data.get('img_size')})"),
-            (f"- pruner `{r['pruner']}`{_options(r['pruner_options'], drop=('criterion', 's'))} at ratio {r['ratio']}, "
-             f"criterion `{criterion(r)}`"),
-            f"- {sparsity_line(r)}",
-            f"- compensators: {comps or 'none'}",
-            f"- device: {r['device']}; FLOPs are 2·MAC; latency is the median{runs} at batch 1", ""]
+    return [
+        f"# detprune prune report: {r['model']}",
+        "",
+        (
+            f"- data: `{data.get('name')}` ({data.get('val_split')}: {data.get('val_images')} images, "
+            f"input {data.get('img_size')})"
+        ),
+        (
+            f"- pruner `{r['pruner']}`{_options(r['pruner_options'], drop=('criterion', 's'))} at ratio {r['ratio']}, "
+            f"criterion `{criterion(r)}`"
+        ),
+        f"- {sparsity_line(r)}",
+        f"- compensators: {comps or 'none'}",
+        f"- device: {r['device']}; FLOPs are 2·MAC; latency is the median{runs} at batch 1",
+        "",
+    ]
 
 
 # ---- dense vs pruned, latency flagged when noisy ---------------------------------------------------
+
 
 def latency_spread(stats: dict[str, Any] | None) -> float | None:
     """(p90 - p10) / median of a ``Latency.as_dict()``; None when the report has no spread."""
@@ -240,43 +283,66 @@ def _latency_note(r: dict[str, Any]) -> list[str]:
     for name in ("dense", "pruned"):
         spread, lat = latency_spread(r[name]), r[name].get("latency") or {}
         if _noisy(spread):
-            noisy.append(f"{name} (p90 − p10) / median = {100 * spread:.0f} % (p10 {lat['p10_ms']:.2f} ms, "
-                         f"p90 {lat['p90_ms']:.2f} ms, {lat.get('iters', '?')} runs)")
+            noisy.append(
+                f"{name} (p90 − p10) / median = {100 * spread:.0f} % (p10 {lat['p10_ms']:.2f} ms, "
+                f"p90 {lat['p90_ms']:.2f} ms, {lat.get('iters', '?')} runs)"
+            )
     if not noisy:
         return []
-    return ["", (f"{NOISY} noisy latency, spread above {100 * LATENCY_SPREAD_LIMIT:.0f} %: {'; '.join(noisy)}. "
-                 f"Another process was probably busy; rerun with more --latency-iters on an idle machine before "
-                 f"trusting the latency columns.")]
+    return [
+        "",
+        (
+            f"{NOISY} noisy latency, spread above {100 * LATENCY_SPREAD_LIMIT:.0f} %: {'; '.join(noisy)}. "
+            f"Another process was probably busy; rerun with more --latency-iters on an idle machine before "
+            f"trusting the latency columns."
+        ),
+    ]
 
 
 def _stats_table(r: dict[str, Any]) -> list[str]:
     metric, d, p, k = r["metric"], r["dense"], r["pruned"], r["kept"]
     label = "top-1" if metric == "top1" else "mAP@0.5"
-    lines = [f"| model | params | kept % | FLOPs | kept % | latency (ms) | kept % | {label} |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|",
-             (f"| dense | {_fmt_int(d['params'])} | 100 | {_fmt_int(d['flops'])} | 100 | {_ms(d)} | 100 "
-              f"| {_metric(d, metric)} |")]
+    lines = [
+        f"| model | params | kept % | FLOPs | kept % | latency (ms) | kept % | {label} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        (
+            f"| dense | {_fmt_int(d['params'])} | 100 | {_fmt_int(d['flops'])} | 100 | {_ms(d)} | 100 "
+            f"| {_metric(d, metric)} |"
+        ),
+    ]
     if r.get("before_finetune"):
-        lines.append(f"| pruned, before fine-tuning | {_fmt_int(p['params'])} | {_pct(k['params'])} | "
-                     f"{_fmt_int(p['flops'])} | {_pct(k['flops'])} | - | - | {_metric(r['before_finetune'], metric)} |")
-    lines.append(f"| pruned | {_fmt_int(p['params'])} | {_pct(k['params'])} | {_fmt_int(p['flops'])} | "
-                 f"{_pct(k['flops'])} | {_ms(p)} | {_pct(k['latency_ms'], 0)} | {_metric(p, metric)} |")
+        lines.append(
+            f"| pruned, before fine-tuning | {_fmt_int(p['params'])} | {_pct(k['params'])} | "
+            f"{_fmt_int(p['flops'])} | {_pct(k['flops'])} | - | - | {_metric(r['before_finetune'], metric)} |"
+        )
+    lines.append(
+        f"| pruned | {_fmt_int(p['params'])} | {_pct(k['params'])} | {_fmt_int(p['flops'])} | "
+        f"{_pct(k['flops'])} | {_ms(p)} | {_pct(k['latency_ms'], 0)} | {_metric(p, metric)} |"
+    )
     return lines + _latency_note(r)
 
 
 # ---- plan: one achieved ratio ---------------------------------------------------------------------
 
+
 def _plan(r: dict[str, Any]) -> list[str]:
     plan = r["plan"]
     meta = plan.get("meta") or {}
     before, after = plan["channels_before"], plan["channels_after"]
-    lines = ["", "## Plan", "",
-             (f"Achieved ratio {plan['achieved_ratio']:.3f} (asked {r['ratio']}): {before - after:,} of the "
-              f"{before:,} channels in the {plan['groups']} prunable groups removed ({before:,} -> {after:,}); "
-              f"{plan['groups_pruned']} groups pruned.")]
+    lines = [
+        "",
+        "## Plan",
+        "",
+        (
+            f"Achieved ratio {plan['achieved_ratio']:.3f} (asked {r['ratio']}): {before - after:,} of the "
+            f"{before:,} channels in the {plan['groups']} prunable groups removed ({before:,} -> {after:,}); "
+            f"{plan['groups_pruned']} groups pruned."
+        ),
+    ]
     own, n = meta.get("achieved_ratio"), meta.get("channels")
-    if isinstance(own, (int, float)) and (round(own, 3) != round(plan["achieved_ratio"], 3)
-                                          or (n is not None and n != before)):
+    if isinstance(own, (int, float)) and (
+        round(own, 3) != round(plan["achieved_ratio"], 3) or (n is not None and n != before)
+    ):
         lines += ["", _own_count(r, own)]
     given = r.get("pruner_options") or {}
     rest = {key: val for key, val in meta.items() if key not in _META_SHOWN and given.get(key, _NONE) != val}
@@ -290,13 +356,16 @@ def _own_count(r: dict[str, Any], own: float) -> str:
     meta = r["plan"]["meta"]
     name, n, removed = meta.get("pruner", r["pruner"]), meta.get("channels"), meta.get("channels_removed")
     if criterion(r) == "bn-scale" and n is not None:  # Network Slimming scores every BN layer's channels
-        return (f"The pruner `{name}` counts per BN layer instead: {_fmt_int(removed)} of {_fmt_int(n)} BN channels "
-                f"removed ({100 * own:.1f} %); a group with several BN layers counts each channel once per layer.")
+        return (
+            f"The pruner `{name}` counts per BN layer instead: {_fmt_int(removed)} of {_fmt_int(n)} BN channels "
+            f"removed ({100 * own:.1f} %); a group with several BN layers counts each channel once per layer."
+        )
     base = f"{_fmt_int(removed)} of the {_fmt_int(n)} channels it scored" if n is not None else "its own channel set"
     return f"The pruner `{name}` counts another set: {100 * own:.1f} % of {base} removed."
 
 
 # ---- compensation: a summary per compensator ------------------------------------------------------
+
 
 def _sketch(rep: dict[str, Any]) -> list[str]:
     """The ``sketch`` report: its settings, how many groups it rebased, and one row per group."""
@@ -304,20 +373,27 @@ def _sketch(rep: dict[str, Any]) -> list[str]:
     triggered = sum(1 for g in groups if g.get("triggered"))
     rebased = sum(1 for g in groups if g.get("rebased"))
     opts = ", ".join(f"{k} {_short(rep[k])}" for k in _SKETCH_OPTIONS if k in rep)
-    lines = [f"- options: {opts}" if opts else "- options: -",
-             f"- BN statistics: {_short(rep.get('bn_statistics'), 200)}",
-             (f"- {triggered} of {len(groups)} pruned groups triggered (a producer's layer prune ratio above alpha "
-              f"{_short(rep.get('alpha'))}); {rebased} rebased"), "",
-             "| group | producers | size | kept | layer ratio | triggered / rebased | reason | gram error |",
-             "|---:|---|---:|---:|---:|---|---|---:|"]
+    lines = [
+        f"- options: {opts}" if opts else "- options: -",
+        f"- BN statistics: {_short(rep.get('bn_statistics'), 200)}",
+        (
+            f"- {triggered} of {len(groups)} pruned groups triggered (a producer's layer prune ratio above alpha "
+            f"{_short(rep.get('alpha'))}); {rebased} rebased"
+        ),
+        "",
+        "| group | producers | size | kept | layer ratio | triggered / rebased | reason | gram error |",
+        "|---:|---|---:|---:|---:|---|---|---:|",
+    ]
     for g in groups:
         producers = g.get("producers") or []
         prod = f"`{producers[0]}`" + (f" +{len(producers) - 1}" if len(producers) > 1 else "") if producers else "-"
         state = "rebased" if g.get("rebased") else "triggered, not rebased" if g.get("triggered") else "no"
         err = g.get("gram_error")
-        lines.append(f"| {_cell(g.get('group'))} | {prod} | {_cell(g.get('size'))} | {_cell(g.get('kept'))} | "
-                     f"{_ratio(g.get('layer_ratio', g.get('ratio')))} | {state} | {_cell(g.get('reason') or '-')} | "
-                     f"{f'{err:.2g}' if isinstance(err, (int, float)) else '-'} |")
+        lines.append(
+            f"| {_cell(g.get('group'))} | {prod} | {_cell(g.get('size'))} | {_cell(g.get('kept'))} | "
+            f"{_ratio(g.get('layer_ratio', g.get('ratio')))} | {state} | {_cell(g.get('reason') or '-')} | "
+            f"{f'{err:.2g}' if isinstance(err, (int, float)) else '-'} |"
+        )
     return lines
 
 
@@ -346,6 +422,7 @@ def _compensation(r: dict[str, Any]) -> list[str]:
 
 # ---- the rest -------------------------------------------------------------------------------------
 
+
 def _training(r: dict[str, Any]) -> list[str]:
     if not r["training"]:
         return []
@@ -360,8 +437,11 @@ def markdown(r: dict[str, Any]) -> str:
     """A human-readable report.md: each fact once, labelled (the JSON keeps everything)."""
     lines = _header(r) + _stats_table(r) + _plan(r) + _compensation(r) + _training(r)
     lines += ["", "## Layer widths", "", "| layer | kind | before | after | kept % |", "|---|---|---:|---:|---:|"]
-    lines += [f"| `{row['module']}` | {row['kind']} | {row['before']} | {row['after']} | "
-              f"{_pct(row['after'] / max(row['before'], 1), 0)} |" for row in r["layers"]]
+    lines += [
+        f"| `{row['module']}` | {row['kind']} | {row['before']} | {row['after']} | "
+        f"{_pct(row['after'] / max(row['before'], 1), 0)} |"
+        for row in r["layers"]
+    ]
     lines += ["", "## Timings", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {stage} | {sec:.1f} |" for stage, sec in r["timings_s"].items()]
     lines += ["", "## Files", ""] + [f"- {key}: `{val}`" for key, val in r.get("files", {}).items()]

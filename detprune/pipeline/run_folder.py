@@ -9,6 +9,7 @@ Rules (``detprune prune --out DIR [--overwrite]``):
   the manifest (a user's own ``train/``) is an error before any work starts.
 * Writability of DIR is checked at the start, by creating the staging folder.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,16 @@ class RunFolder:
         present = [n for n in KNOWN if (self.out / n).exists()]
         if (self.owned or present) and not overwrite:
             listed = sorted(set(self.owned) | set(present))
-            raise DetpruneError(f"{self.out} already holds a prune run ({', '.join(listed)}); choose another --out "
-                                "or pass --overwrite")
+            raise DetpruneError(
+                f"{self.out} already holds a prune run ({', '.join(listed)}); choose another --out or pass --overwrite"
+            )
         foreign = [n for n in present if n not in self.owned]
         if foreign:
-            raise DetpruneError(f"{self.out} holds {', '.join(foreign)}, which no detprune run recorded writing there "
-                                f"(no {MANIFEST} lists it); --overwrite replaces only what a run wrote: move it away "
-                                "or choose another --out")
+            raise DetpruneError(
+                f"{self.out} holds {', '.join(foreign)}, which no detprune run recorded writing there "
+                f"(no {MANIFEST} lists it); --overwrite replaces only what a run wrote: move it away "
+                "or choose another --out"
+            )
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             self.stage = Path(tempfile.mkdtemp(prefix=".detprune-staging-", dir=self.out))
@@ -66,9 +70,14 @@ class RunFolder:
         if not isinstance(report, dict) or report.get("format") != "detprune-report/1":
             return []
         here = self.out.resolve()
-        owned = {Path(p).name for p in (report.get("files") or {}).values()
-                 if isinstance(p, str) and Path(p).resolve().parent == here}
-        phases = {Path(t.get("folder", "")).resolve() for t in (report.get("training") or {}).values() if isinstance(t, dict)}
+        owned = {
+            Path(p).name
+            for p in (report.get("files") or {}).values()
+            if isinstance(p, str) and Path(p).resolve().parent == here
+        }
+        phases = {
+            Path(t.get("folder", "")).resolve() for t in (report.get("training") or {}).values() if isinstance(t, dict)
+        }
         train = self.out / "train"
         if train.is_dir() and phases and {p.resolve() for p in train.iterdir()} <= phases:
             owned.add("train")
@@ -83,9 +92,11 @@ class RunFolder:
         new = sorted(p.name for p in self.stage.iterdir())
         clash = [n for n in new if (self.out / n).exists() and n not in self.owned]
         if clash:
-            raise DetpruneError(f"the run finished in {self.stage}, but {', '.join(clash)} in {self.out} was not written "
-                                f"by an earlier run, so it was not replaced: move it away and move the files from "
-                                f"{self.stage} into {self.out}")
+            raise DetpruneError(
+                f"the run finished in {self.stage}, but {', '.join(clash)} in {self.out} was not written "
+                f"by an earlier run, so it was not replaced: move it away and move the files from "
+                f"{self.stage} into {self.out}"
+            )
         for name in self.owned:
             target = self.out / name
             if target.is_dir() and not target.is_symlink():

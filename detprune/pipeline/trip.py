@@ -12,15 +12,17 @@ This is the protocol of the seed paper ("Pruning and fine-tuning optimization ba
 information"): sparsity-train, prune, compensate with the original model's information,
 fine-tune, evaluate. ``detprune prune`` is its command line; ``detprune demo`` runs it twice.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,8 +88,9 @@ def run(cfg: PipelineConfig) -> PipelineResult:
     return result
 
 
-def _run(cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], folder: RunFolder,
-         trace: Any) -> PipelineResult:
+def _run(
+    cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], folder: RunFolder, trace: Any
+) -> PipelineResult:
     stage = folder.stage
     clock = Clock()
     device = D.resolve_device(cfg.device)
@@ -99,22 +102,38 @@ def _run(cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], 
 
     if cfg.epochs_dense:
         with clock("dense training"):
-            model, training["dense"] = train(model, adapter, data, cfg, cfg.epochs_dense, stage / "train" / "dense", device)
+            model, training["dense"] = train(
+                model, adapter, data, cfg, cfg.epochs_dense, stage / "train" / "dense", device
+            )
     model = model.to(device)
-    ctx = PruneContext(example_inputs=tuple(t.to(device) for t in adapter.example_inputs(1)), ratio=cfg.ratio,
-                       round_to=cfg.round_to, global_ranking=cfg.global_ranking, min_keep=cfg.min_keep or 0.0,
-                       criterion=cfg.criterion or "l1", adapter=adapter, train_loader=data.train_loader,
-                       val_loader=data.val_loader, device=device, seed=cfg.seed, progress=cfg.progress,
-                       options={k: v for k, v in (("alpha", cfg.alpha), ("shortcut", cfg.shortcut),
-                                                  ("shortcut_width", cfg.shortcut_width)) if v is not None})
+    ctx = PruneContext(
+        example_inputs=tuple(t.to(device) for t in adapter.example_inputs(1)),
+        ratio=cfg.ratio,
+        round_to=cfg.round_to,
+        global_ranking=cfg.global_ranking,
+        min_keep=cfg.min_keep or 0.0,
+        criterion=cfg.criterion or "l1",
+        adapter=adapter,
+        train_loader=data.train_loader,
+        val_loader=data.val_loader,
+        device=device,
+        seed=cfg.seed,
+        progress=cfg.progress,
+        options={
+            k: v
+            for k, v in (("alpha", cfg.alpha), ("shortcut", cfg.shortcut), ("shortcut_width", cfg.shortcut_width))
+            if v is not None
+        },
+    )
     with clock("trace"):
         graph = trace(model, ctx.example_inputs, protected=tuple(adapter.protected(model)))
     ctx.graph = graph  # every plugin works on this one graph (ctx.require_graph)
     pruner.bind(ctx)  # e.g. Network Slimming: which BN scales get the sparsity term; MFP: its meta batches
     if cfg.method_epochs:
         with clock("method training"):
-            model, training["method"] = train(model, adapter, data, cfg, cfg.method_epochs, stage / "train" / "method",
-                                              device, pruner=pruner)
+            model, training["method"] = train(
+                model, adapter, data, cfg, cfg.method_epochs, stage / "train" / "method", device, pruner=pruner
+            )
     model = model.to(device).eval()
     with clock("dense evaluation"):
         dense_stats = measure(model, adapter, data, cfg, ctx.example_inputs)
@@ -138,8 +157,16 @@ def _run(cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], 
 
     if cfg.finetune_epochs:
         with clock("fine-tuning"):
-            pruned, training["finetune"] = train(pruned, adapter, data, cfg, cfg.finetune_epochs,
-                                                 stage / "train" / "finetune", device, lr=cfg.finetune_lr)
+            pruned, training["finetune"] = train(
+                pruned,
+                adapter,
+                data,
+                cfg,
+                cfg.finetune_epochs,
+                stage / "train" / "finetune",
+                device,
+                lr=cfg.finetune_lr,
+            )
     pruned = pruned.to(device).eval()
     with clock("pruned evaluation"):
         pruned_stats = measure(pruned, adapter, data, cfg, ctx.example_inputs)
@@ -149,12 +176,28 @@ def _run(cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], 
     for phase in training.values():
         phase["folder"] = str(folder.final(phase["folder"]))
     report = {
-        "model": cfg.model, "adapter_args": dict(adapter.args), "task": adapter.task, "data": data.describe(),
-        "pruner": cfg.pruner, "pruner_options": pruner_options(cfg), "criterion": ctx.criterion,
-        "ratio": cfg.ratio, "compensators": list(cfg.compensators), "compensator_options": compensator_options(cfg),
-        "device": str(device), "dense": dense_stats, "pruned": pruned_stats, "before_finetune": before_finetune,
-        "plan": plan, "graph": graph, "dense_model": model, "pruned_model": pruned,
-        "compensation": compensation, "training": training, "timings_s": clock.seconds, "config": cfg,
+        "model": cfg.model,
+        "adapter_args": dict(adapter.args),
+        "task": adapter.task,
+        "data": data.describe(),
+        "pruner": cfg.pruner,
+        "pruner_options": pruner_options(cfg),
+        "criterion": ctx.criterion,
+        "ratio": cfg.ratio,
+        "compensators": list(cfg.compensators),
+        "compensator_options": compensator_options(cfg),
+        "device": str(device),
+        "dense": dense_stats,
+        "pruned": pruned_stats,
+        "before_finetune": before_finetune,
+        "plan": plan,
+        "graph": graph,
+        "dense_model": model,
+        "pruned_model": pruned,
+        "compensation": compensation,
+        "training": training,
+        "timings_s": clock.seconds,
+        "config": cfg,
     }
     files = write_report(report, stage, pruner=pruner if cfg.plots else None, plots=cfg.plots, files=files)
     _relocate_report(files, stage, folder.out)
@@ -162,11 +205,13 @@ def _run(cfg: PipelineConfig, pruner: Any, compensators: list[tuple[str, Any]], 
     files = {k: folder.out / Path(p).name for k, p in files.items()}
     final = _read_json(files["json"])
     _notify(final)
-    return PipelineResult(model=pruned, dense=model, plan=plan, graph=graph, report=final, out_dir=folder.out,
-                          files=files)
+    return PipelineResult(
+        model=pruned, dense=model, plan=plan, graph=graph, report=final, out_dir=folder.out, files=files
+    )
 
 
 # ---- the steps ---------------------------------------------------------------------------------------
+
 
 class Data:
     """The dataset card, its train/val splits (optionally thinned) and their loaders.
@@ -180,12 +225,17 @@ class Data:
         collate = None
         if card.task == "detection":
             collate = collate_detection
-        self.train_loader = None if train_ds is None else D.make_loader(
-            train_ds, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed, collate_fn=collate)
+        self.train_loader = (
+            None
+            if train_ds is None
+            else D.make_loader(
+                train_ds, cfg.batch_size, train=True, workers=cfg.workers, seed=cfg.seed, collate_fn=collate
+            )
+        )
         self.val_loader = D.make_loader(val_ds, cfg.batch_size, train=False, workers=cfg.workers, collate_fn=collate)
 
     @classmethod
-    def load(cls, cfg: PipelineConfig, card: Any = None, img_size: int | None = None) -> "Data":
+    def load(cls, cfg: PipelineConfig, card: Any = None, img_size: int | None = None) -> Data:
         card = card if card is not None else load_data_card(cfg)
         size = img_size or cfg.img_size or card.img_size or DEFAULT_IMG_SIZE[card.task]
         val_ds = build_dataset(card, split=cfg.val_split, img_size=size, train=False)
@@ -196,10 +246,15 @@ class Data:
         return cls(card, _thin(train_ds, cfg.train_limit), _thin(val_ds, cfg.val_limit), size, cfg)
 
     def describe(self) -> dict[str, Any]:
-        return {"card": str(self.card.source), "name": self.card.name, "img_size": self.img_size,
-                "train_split": self.cfg.train_split if self.train_ds is not None else None,
-                "val_split": self.cfg.val_split, "train_images": len(self.train_ds) if self.train_ds is not None else 0,
-                "val_images": len(self.val_ds)}
+        return {
+            "card": str(self.card.source),
+            "name": self.card.name,
+            "img_size": self.img_size,
+            "train_split": self.cfg.train_split if self.train_ds is not None else None,
+            "val_split": self.cfg.val_split,
+            "train_images": len(self.train_ds) if self.train_ds is not None else 0,
+            "val_images": len(self.val_ds),
+        }
 
 
 def load_data_card(cfg: PipelineConfig) -> Any:
@@ -225,26 +280,51 @@ def build_model(cfg: PipelineConfig, card: Any) -> tuple[Any, nn.Module]:
     A pruned recipe is pruned further (iterative pruning, as SlimYOLOv3's two passes): the model
     carries its recipe, and the new recipe replays both passes.
     """
-    loaded = open_model(cfg.model, card, cfg.weights, img_size=cfg.img_size,
-                        overrides={"width": cfg.width, **cfg.model_args})
+    loaded = open_model(
+        cfg.model, card, cfg.weights, img_size=cfg.img_size, overrides={"width": cfg.width, **cfg.model_args}
+    )
     return loaded.adapter, loaded.model
 
 
-def train(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, epochs: int, out_dir: Path,
-          device: torch.device, pruner: Any = None, lr: float | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def train(
+    model: nn.Module,
+    adapter: Any,
+    data: Data,
+    cfg: PipelineConfig,
+    epochs: int,
+    out_dir: Path,
+    device: torch.device,
+    pruner: Any = None,
+    lr: float | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
     """``epochs`` of the Trainer on the model as it is (never rebuilt); callbacks from ``pruner``."""
     if data.train_loader is None:
         raise DetpruneError("training needs a training split")
     base_lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 0.001)
-    options: dict[str, Any] = dict(lr=lr or base_lr, optimizer=cfg.optimizer, warmup_epochs=cfg.warmup_epochs,
-                                   amp=cfg.amp, seed=cfg.seed, device=str(device), progress=cfg.progress)
+    options: dict[str, Any] = dict(
+        lr=lr or base_lr,
+        optimizer=cfg.optimizer,
+        warmup_epochs=cfg.warmup_epochs,
+        amp=cfg.amp,
+        seed=cfg.seed,
+        device=str(device),
+        progress=cfg.progress,
+    )
     if cfg.weight_decay is not None:
         options["weight_decay"] = cfg.weight_decay
-    trainer = Trainer(model, adapter, data.train_loader, None, epochs=epochs, out_dir=out_dir, pruner=pruner,
-                      meta={"model": cfg.model, "adapter_args": adapter.args}, **options)
+    trainer = Trainer(
+        model,
+        adapter,
+        data.train_loader,
+        None,
+        epochs=epochs,
+        out_dir=out_dir,
+        pruner=pruner,
+        meta={"model": cfg.model, "adapter_args": adapter.args},
+        **options,
+    )
     result = trainer.fit()
-    return result.model, {"epochs": epochs, "lr": options["lr"], "history": result.history,
-                          "folder": str(out_dir)}
+    return result.model, {"epochs": epochs, "lr": options["lr"], "history": result.history, "folder": str(out_dir)}
 
 
 def evaluate(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig) -> dict[str, Any]:
@@ -257,23 +337,41 @@ def evaluate(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig) ->
 
 def measure(model: nn.Module, adapter: Any, data: Data, cfg: PipelineConfig, inputs: tuple) -> dict[str, Any]:
     """Metrics, parameters, FLOPs (2·MAC) and median latency (batch 1) of one model."""
-    stats: dict[str, Any] = {"metrics": evaluate(model, adapter, data, cfg), "params": count_params(model),
-                             "flops": count_flops(model, inputs)}
+    stats: dict[str, Any] = {
+        "metrics": evaluate(model, adapter, data, cfg),
+        "params": count_params(model),
+        "flops": count_flops(model, inputs),
+    }
     lat = measure_latency(model, inputs, warmup=cfg.latency_warmup, iters=cfg.latency_iters)
     stats.update(latency_ms=lat.median_ms, latency=lat.as_dict())
     return stats
 
 
-def save_pruned(pruned: nn.Module, dense: nn.Module, plan: PruningPlan, graph: Any, builder: dict[str, Any],
-                parent: dict[str, Any] | None, path: Path) -> Path:
+def save_pruned(
+    pruned: nn.Module,
+    dense: nn.Module,
+    plan: PruningPlan,
+    graph: Any,
+    builder: dict[str, Any],
+    parent: dict[str, Any] | None,
+    path: Path,
+) -> Path:
     """``DIR/pruned.pt``: recipe + weights, loadable by ``detprune.load`` and ``detprune eval --weights``."""
-    result = PruneResult(model=pruned.eval(), plan=plan, graph=graph, params_before=count_params(dense),
-                         params_after=count_params(pruned), builder=None if parent else builder, dense=dense,
-                         parent=parent)
+    result = PruneResult(
+        model=pruned.eval(),
+        plan=plan,
+        graph=graph,
+        params_before=count_params(dense),
+        params_after=count_params(pruned),
+        builder=None if parent else builder,
+        dense=dense,
+        parent=parent,
+    )
     return save(result, path)
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
+
 
 class Clock:
     """Seconds per stage, logged as each stage starts."""
@@ -297,6 +395,7 @@ def _plugin(kind: str, name: str, options: dict[str, Any]) -> Any:
 
 def _relocate_report(files: dict[str, Path], stage: Path, out: Path) -> None:
     """Paths in report.json/.md name where files will be after the commit, not the staging folder."""
+
     def move(obj: Any) -> Any:
         if isinstance(obj, str):
             return obj.replace(str(stage), str(out))

@@ -12,6 +12,7 @@
 Arguments the file records win over the card's; a flag that contradicts them is an error, never
 silently ignored. ``--img-size`` may differ (anchors are rescaled with it).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,8 +45,9 @@ class LoadedModel:
     recipe: dict[str, Any] | None = None  # the pruned architecture's recipe, when there is one
 
 
-def adapter_args(name: str, card: Any, img_size: int | None = None,
-                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def adapter_args(
+    name: str, card: Any, img_size: int | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Build arguments from the card (classes, size, anchors) that the adapter's constructor takes,
     plus ``overrides`` (``--width``, ``--depth``, ``--model-arg``: passed even when unknown, so the
     adapter's own error names the option)."""
@@ -68,8 +70,13 @@ def _default(params: Any, name: str) -> Any:
     return None if p is None or p.default is inspect.Parameter.empty else p.default
 
 
-def open_model(name: str, card: Any, weights: str | Path | None = None, img_size: int | None = None,
-               overrides: dict[str, Any] | None = None) -> LoadedModel:
+def open_model(
+    name: str,
+    card: Any,
+    weights: str | Path | None = None,
+    img_size: int | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> LoadedModel:
     """The adapter ``name`` for ``card`` and its model: fresh, or from ``weights`` (see the module docstring)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if weights is None:
@@ -110,9 +117,10 @@ def _recorded(obj: Any, path: Path) -> tuple[tuple[str, dict] | None, dict | Non
         spec = recipe["builder"]
         if "adapter" not in spec:
             raise DetpruneError(
-                f"{path}: this recipe rebuilds its model with the Python callable '{spec.get('callable')}'; the command "
-                f"line runs only registered model adapters. Load it in Python: detprune.load(path, "
-                f"trusted=['{spec.get('callable')}'])")
+                f"{path}: this recipe rebuilds its model with the Python callable '{spec.get('callable')}'; "
+                f"the command line runs only registered model adapters. Load it in Python: detprune.load(path, "
+                f"trusted=['{spec.get('callable')}'])"
+            )
         return (spec["adapter"], dict(spec.get("args", {}))), recipe, obj["state_dict"], "recipe"
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
@@ -130,20 +138,25 @@ def _recorded(obj: Any, path: Path) -> tuple[tuple[str, dict] | None, dict | Non
     raise DetpruneError(f"{path}: not a pruned recipe, trainer checkpoint or state_dict (found {keys})")
 
 
-def _reconcile(name: str, card: Any, path: Path, recorded: tuple[str, dict], img_size: int | None,
-               overrides: dict[str, Any]) -> dict[str, Any]:
+def _reconcile(
+    name: str, card: Any, path: Path, recorded: tuple[str, dict], img_size: int | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
     """The file's build arguments, checked against --model, the card's classes and the flags."""
     rec_name, args = recorded
     if rec_name != name:
         raise DetpruneError(f"{path} holds a '{rec_name}' model, not '{name}' (--model); pass --model {rec_name}")
     n = args.get("num_classes")
     if n is not None and n != card.num_classes:
-        raise DetpruneError(f"{path}: the model predicts {n} classes, but {card.source or card.name} has "
-                            f"{card.num_classes} ({', '.join(card.classes[:12])}); use the dataset it was trained on")
+        raise DetpruneError(
+            f"{path}: the model predicts {n} classes, but {card.source or card.name} has "
+            f"{card.num_classes} ({', '.join(card.classes[:12])}); use the dataset it was trained on"
+        )
     for key, value in overrides.items():
         if key in args and args[key] != value and key not in _SIZE_KEYS:
-            raise DetpruneError(f"{path} was built with {key}={args[key]!r}; the option {key}={value!r} contradicts it "
-                                "(leave it out: the file's value is used)")
+            raise DetpruneError(
+                f"{path} was built with {key}={args[key]!r}; the option {key}={value!r} contradicts it "
+                "(leave it out: the file's value is used)"
+            )
         args.setdefault(key, value)
     if img_size and args.get("img_size") and img_size != args["img_size"]:
         k = img_size / float(args["img_size"])
@@ -156,8 +169,9 @@ def _reconcile(name: str, card: Any, path: Path, recorded: tuple[str, dict], img
 def _adapter(name: str, args: dict[str, Any], card: Any) -> Any:
     adapter = detprune.plugins().adapter(name, **args)
     if getattr(adapter, "task", card.task) != card.task:
-        raise DetpruneError(f"model '{name}' is a {adapter.task} model but {card.source or card.name} is a "
-                            f"{card.task} dataset")
+        raise DetpruneError(
+            f"model '{name}' is a {adapter.task} model but {card.source or card.name} is a {card.task} dataset"
+        )
     return adapter
 
 
@@ -166,23 +180,30 @@ def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], path: P
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shapes = [(k, list(state[k].shape), list(v.shape)) for k, v in own.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [
+        (k, list(state[k].shape), list(v.shape))
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if not (missing or unexpected or shapes):
         model.load_state_dict(state)
         return
     parts = []
     if shapes:
-        parts.append("; ".join(f"'{k}' is {a} in the file, {b} in the model" for k, a, b in shapes[:3])
-                     + (f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else ""))
+        parts.append(
+            "; ".join(f"'{k}' is {a} in the file, {b} in the model" for k, a, b in shapes[:3])
+            + (f" (and {len(shapes) - 3} more)" if len(shapes) > 3 else "")
+        )
     if missing:
         parts.append(f"missing {_few(missing)}")
     if unexpected:
         parts.append(f"unexpected {_few(unexpected)}")
     name = getattr(adapter, "name", type(adapter).__name__ if adapter is not None else "the model")
     built = {k: v for k, v in (getattr(adapter, "args", None) or {}).items() if k in ("num_classes", "width", "depth")}
-    raise DetpruneError(f"{path}: weights do not fit model '{name}' built with {built}: {'; '.join(parts)}. "
-                        f"Likely cause: {likely_cause(model, shapes, missing, unexpected, adapter)}")
+    raise DetpruneError(
+        f"{path}: weights do not fit model '{name}' built with {built}: {'; '.join(parts)}. "
+        f"Likely cause: {likely_cause(model, shapes, missing, unexpected, adapter)}"
+    )
 
 
 def likely_cause(model: nn.Module, shapes: list, missing: list, unexpected: list, adapter: Any) -> str:
@@ -202,8 +223,10 @@ def likely_cause(model: nn.Module, shapes: list, missing: list, unexpected: list
         r = ratios[len(ratios) // 2]
         if r != 1 and sum(abs(x / r - 1) <= 0.25 for x in ratios) >= 0.8 * len(ratios):  # rounding of small widths
             return f"another width: the file's layers are {r:.3g}x as wide as this model's (adjust --width)"
-    return ("a pruned model (layer widths differ unevenly): load it from its recipe file (pruned.pt) or a checkpoint "
-            "written by detprune train")
+    return (
+        "a pruned model (layer widths differ unevenly): load it from its recipe file (pruned.pt) or a checkpoint "
+        "written by detprune train"
+    )
 
 
 def _few(names: list[str], n: int = 3) -> str:

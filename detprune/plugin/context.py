@@ -1,8 +1,10 @@
 """What a criterion, pruner or compensator receives besides the model: :class:`PruneContext`."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,7 +34,7 @@ class PruneContext:
     global_ranking: bool = False
     min_keep: float = 0.0
     criterion: str = "l1"
-    adapter: "ModelAdapter | None" = None
+    adapter: ModelAdapter | None = None
     train_loader: Iterable[Any] | None = None
     val_loader: Iterable[Any] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -47,7 +49,9 @@ class PruneContext:
         every plugin gets a graph, so all of them see the same groups."""
         if self.graph is not None:
             return self.graph
-        inputs = tuple(self.example_inputs) or (tuple(self.adapter.example_inputs(1)) if self.adapter is not None else ())
+        inputs = tuple(self.example_inputs) or (
+            tuple(self.adapter.example_inputs(1)) if self.adapter is not None else ()
+        )
         if not inputs:
             raise DetpruneError("no channel graph to work on: set ctx.graph, ctx.example_inputs or ctx.adapter")
         device = next((p.device for p in model.parameters()), torch.device("cpu"))

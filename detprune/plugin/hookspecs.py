@@ -16,13 +16,20 @@ it with keyword options (``factory(**options)``) when the name is asked for, so 
 nothing until it is used. The first line of a factory's docstring is its one-line description in
 ``detprune plugins``.
 
+Factories usually extend the base classes of :mod:`detprune.plugin.protocols`
+(``detprune.Criterion``, ``Pruner``, ``Compensator``, ``ModelAdapter``): they define the lifecycle the
+host and the Trainer call, with a no-op for every optional step. docs/plugin-guide.md is the
+author's guide (registration, lifecycle, context, options, errors, tests).
+
 The hooks are called once per process, when the host first builds its registries (the first
 ``detprune.plugins()`` call or CLI command). A hook that raises does not stop the others: its
 plugin is listed as broken, with the error, by ``detprune plugins``.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pluggy
 
@@ -50,7 +57,7 @@ def detprune_criteria() -> Mapping[str, Factory]:
 
     Example::
 
-        class L1:
+        class L1(detprune.Criterion):
             "Sum of absolute producer weights per channel."
             def score(self, model, group, ctx):
                 return group.reduce(model, lambda rows: rows.abs().sum(1), role="out")
@@ -74,15 +81,16 @@ def detprune_pruners() -> Mapping[str, Factory]:
     first through ``ctx.train_loader``. It must not change the model's structure: the engine
     applies the plan afterwards.
 
-    Optional training-time callbacks, called by the Trainer when present:
-    ``loss_term(model, outputs, batch) -> Tensor`` (added to the loss before backward),
-    ``on_after_backward(model)`` (after ``backward()``, before ``optimizer.step()``: e.g. the
-    Network Slimming sub-gradient on BN scales) and ``on_epoch_end(model, epoch)`` (after each
-    epoch: e.g. MFP's soft pruning). A pruner without them is one-shot.
+    The rest of the lifecycle (:class:`detprune.plugin.protocols.Pruner`, each step a no-op unless
+    overridden): ``bind(ctx)`` before training (``ctx.graph`` is the traced model), then per
+    Trainer step ``train_step`` (forward, ``loss_term``, backward), ``on_after_backward(model)``
+    (e.g. the Network Slimming sub-gradient on BN scales), ``on_after_step(model)``; after each
+    epoch ``on_epoch_end(model, epoch)`` (e.g. MFP's soft pruning); ``state_dict`` /
+    ``load_state_dict`` for resumable runs; ``plot(out_dir)``. A pruner overriding none is one-shot.
 
     Example::
 
-        class Uniform:
+        class Uniform(detprune.Pruner):
             "Keep the first channels of every group (a baseline)."
             def plan(self, model, graph, ctx):
                 keep = {g.id: torch.arange(max(1, round(g.size * (1 - ctx.ratio))))
@@ -107,7 +115,7 @@ def detprune_compensators() -> Mapping[str, Factory]:
 
     Example::
 
-        class BNRecalibration:
+        class BNRecalibration(detprune.Compensator):
             "Re-estimate BN running statistics on a few training batches."
             def compensate(self, original, pruned, plan, ctx):
                 recalibrate_bn(pruned, ctx.train_loader, batches=10)
@@ -130,7 +138,7 @@ def detprune_model_adapters() -> Mapping[str, Factory]:
 
     Example::
 
-        class TinyNet:
+        class TinyNet(detprune.ModelAdapter):
             "A two-layer CNN for tests."
             task = "classification"
             def __init__(self, num_classes=10):

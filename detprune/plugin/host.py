@@ -6,14 +6,16 @@ others still load; the error surfaces when someone asks for a name it might have
 in ``detprune plugins``. Setting ``DETPRUNE_PLUGINS=dist-a,dist-b`` restricts third-party loading
 to those distributions (detprune's own built-ins always load); ``DETPRUNE_PLUGINS=`` loads none.
 """
+
 from __future__ import annotations
 
 import difflib
 import inspect
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pluggy
 
@@ -158,8 +160,15 @@ class PluginHost:
                     missing = missing_methods(kind, factory) if isinstance(factory, type) else []
                     if missing:  # checked at load: an author learns it from `detprune plugins`, not mid-run
                         where = f"{factory.__module__}.{factory.__qualname__}"
-                        self.broken.append(Broken(info, f"{hook_name}()", f"{KINDS[kind][1]} '{name}' ({where}) does "
-                                                  f"not define {', '.join(repr(m) for m in missing)}", kind))
+                        self.broken.append(
+                            Broken(
+                                info,
+                                f"{hook_name}()",
+                                f"{KINDS[kind][1]} '{name}' ({where}) does "
+                                f"not define {', '.join(repr(m) for m in missing)}",
+                                kind,
+                            )
+                        )
                         continue
                     self._add(Entry(kind, name, factory, info))
 
@@ -193,7 +202,11 @@ class PluginHost:
         known = sorted(self.registry[kind]) + sorted(n for k, n in self.conflicts if k == kind)
         msg = f"unknown {singular} '{name}'."
         lowered = {k.lower(): k for k in known}
-        close = [lowered[name.lower()]] if name.lower() in lowered else difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        close = (
+            [lowered[name.lower()]]
+            if name.lower() in lowered
+            else difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        )
         if close:
             msg += f" Did you mean '{close[0]}'?"
         msg += f" Known {plural}: {', '.join(known) if known else '(none)'}."
@@ -210,11 +223,15 @@ class PluginHost:
         try:
             obj = entry.factory(**options)
         except TypeError as exc:
-            raise PluginError(f"{KINDS[kind][1]} '{name}' from {entry.plugin.label()} rejected its options {options}: {exc}") from exc
+            raise PluginError(
+                f"{KINDS[kind][1]} '{name}' from {entry.plugin.label()} rejected its options {options}: {exc}"
+            ) from exc
         missing = missing_methods(kind, obj)
         if missing:
-            raise PluginError(f"{KINDS[kind][1]} '{name}' from {entry.plugin.label()} made an object without "
-                              f"{', '.join(repr(m) for m in missing)}")
+            raise PluginError(
+                f"{KINDS[kind][1]} '{name}' from {entry.plugin.label()} made an object without "
+                f"{', '.join(repr(m) for m in missing)}"
+            )
         return conform(kind, obj)
 
     def criterion(self, name: str, **options: Any) -> Any:

@@ -6,6 +6,7 @@
 * ``VALUE`` is JSON when it parses as JSON (``3``, ``1e-4``, ``true``, ``null``, ``"text"``,
   ``[0.3, 0.5]``, ``{"width": 0.25}``), else the text itself (``mode=layerwise``).
 """
+
 from __future__ import annotations
 
 import json

@@ -7,10 +7,12 @@ a missing *required* method (``score``, ``plan``, ``compensate``, an adapter's `
 reported when the plugin loads, naming the plugin and its distribution (:func:`missing_methods`).
 The author's guide is docs/plugin-guide.md.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -33,10 +35,10 @@ class Criterion:
     prepare computed: the model changes next). :func:`score_groups` runs the three.
     """
 
-    def prepare(self, model: nn.Module, graph: "ChannelGraph", ctx: "PruneContext") -> None:
+    def prepare(self, model: nn.Module, graph: ChannelGraph, ctx: PruneContext) -> None:
         """Called once before the groups of ``graph`` are scored on ``model`` as it is now."""
 
-    def score(self, model: nn.Module, group: "ChannelGroup", ctx: "PruneContext") -> torch.Tensor:
+    def score(self, model: nn.Module, group: ChannelGroup, ctx: PruneContext) -> torch.Tensor:
         """A float tensor of shape ``[group.size]``; must not modify the model."""
         raise NotImplementedError
 
@@ -59,19 +61,25 @@ class Pruner:
         plot(out_dir)                              # the pruner's own figures, listed in the report
     """
 
-    ctx: "PruneContext | None" = None
+    ctx: PruneContext | None = None
 
-    def attach(self, graph: "ChannelGraph") -> None:
+    def attach(self, graph: ChannelGraph) -> None:
         """The model's channel graph, before training."""
 
-    def bind(self, ctx: "PruneContext") -> None:
+    def bind(self, ctx: PruneContext) -> None:
         """The run's context (ratio, adapter, loaders, graph) before training; keeps it and attaches the graph."""
         self.ctx = ctx
         if ctx.graph is not None:
             self.attach(ctx.graph)
 
-    def train_step(self, model: nn.Module, batch: tuple[Any, ...], adapter: Any,
-                   forward: Callable[[torch.Tensor], Any], backward: Callable[[torch.Tensor], None]):
+    def train_step(
+        self,
+        model: nn.Module,
+        batch: tuple[Any, ...],
+        adapter: Any,
+        forward: Callable[[torch.Tensor], Any],
+        backward: Callable[[torch.Tensor], None],
+    ):
         """One step's forward, loss and backward; returns ``(loss, {part: float})``.
 
         ``forward(images)`` runs the (DDP-wrapped) model under autocast with fp32 outputs;
@@ -106,7 +114,7 @@ class Pruner:
         if state:
             raise DetpruneError(f"{type(self).__name__} keeps no state, but the checkpoint holds one")
 
-    def plan(self, model: nn.Module, graph: "ChannelGraph", ctx: "PruneContext") -> PruningPlan:
+    def plan(self, model: nn.Module, graph: ChannelGraph, ctx: PruneContext) -> PruningPlan:
         """Which channels of each prunable group survive (never empty); must not change the model's structure."""
         raise NotImplementedError
 
@@ -123,7 +131,7 @@ class Compensator:
 
     report: dict[str, Any] | None = None
 
-    def compensate(self, original: nn.Module, pruned: nn.Module, plan: PruningPlan, ctx: "PruneContext") -> None:
+    def compensate(self, original: nn.Module, pruned: nn.Module, plan: PruningPlan, ctx: PruneContext) -> None:
         """Rewrite ``pruned``'s kept weights in place; never change a shape; a no-op plan changes nothing."""
         raise NotImplementedError
 
@@ -239,13 +247,20 @@ class _Forward:
         setattr(object.__getattribute__(self, "_inner"), name, value)
 
 
-def score_groups(criterion: Criterion, model: nn.Module, graph: "ChannelGraph", ctx: "PruneContext",
-                 groups: Iterable["ChannelGroup"] | None = None) -> dict[int, torch.Tensor]:
+def score_groups(
+    criterion: Criterion,
+    model: nn.Module,
+    graph: ChannelGraph,
+    ctx: PruneContext,
+    groups: Iterable[ChannelGroup] | None = None,
+) -> dict[int, torch.Tensor]:
     """``{group id: scores}`` for ``groups`` (default: every prunable group), between prepare and reset."""
     criterion = conform("criterion", criterion)
     criterion.prepare(model, graph, ctx)
     try:
         with torch.no_grad():
-            return {g.id: criterion.score(model, g, ctx) for g in (graph.prunable_groups() if groups is None else groups)}
+            return {
+                g.id: criterion.score(model, g, ctx) for g in (graph.prunable_groups() if groups is None else groups)
+            }
     finally:
         criterion.reset()

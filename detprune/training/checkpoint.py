@@ -12,6 +12,7 @@ checkpoint, never half of one. Before ``last.pt`` is replaced, the current one i
 ``last.prev.pt`` (a hard link, so no copy), so a checkpoint damaged later on disk still leaves one
 to resume from.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,9 @@ import pickle
 import random
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,12 +87,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "detprune checkpoints hold only tensors and plain containers"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: checkpoint is truncated or corrupt ({_first_line(exc)}){_prev_hint(path)}") from exc
+        raise CheckpointError(
+            f"{path}: checkpoint is truncated or corrupt ({_first_line(exc)}){_prev_hint(path)}"
+        ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         keys = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f"{path}: not a detprune training checkpoint (found {keys})")
     if int(obj.get("version", 0)) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {obj['version']} is newer than this detprune ({VERSION})")
+        raise CheckpointError(
+            f"{path}: checkpoint format version {obj['version']} is newer than this detprune ({VERSION})"
+        )
     return obj
 
 
@@ -121,8 +127,13 @@ def rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
     }
@@ -134,7 +145,9 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
     py = state["python"]
     random.setstate((int(py["version"]), tuple(int(w) for w in py["words"].tolist()), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"]))
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached"])
+    )
     torch.set_rng_state(state["torch"])
     cuda = list(state.get("cuda") or [])
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():

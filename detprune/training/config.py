@@ -1,4 +1,5 @@
 """What shapes a training run (:class:`TrainConfig`, stored in every checkpoint) and seeding."""
+
 from __future__ import annotations
 
 import os

@@ -4,10 +4,12 @@ Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) t
 is initialised with NCCL on GPUs and gloo on CPUs; without it everything degrades to a single
 process and these helpers are no-ops. Batch sizes are per process.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -5,6 +5,7 @@ so the average follows the weights closely early on, when they move fast, instea
 in the random initialisation for thousands of steps as a fixed 0.9999 would. Buffers (BN running
 statistics) are averaged too; integer buffers are copied.
 """
+
 from __future__ import annotations
 
 import copy

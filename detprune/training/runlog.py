@@ -5,13 +5,15 @@ so after a resume they hold exactly the epochs the checkpoint knows about, with 
 orphaned rows from a killed attempt. The plot uses matplotlib's object API on an Agg canvas: no
 display and no global backend switch.
 """
+
 from __future__ import annotations
 
 import csv
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 FIRST_COLUMNS = ("epoch", "step", "lr", "train_loss")
 
@@ -53,7 +55,9 @@ def plot_history(history: Sequence[dict[str, Any]], path: str | os.PathLike, met
     if xs:
         ax_metric.plot(xs, ys, marker="o", markersize=3, color="tab:green")
         best = max(range(len(ys)), key=ys.__getitem__)
-        ax_metric.annotate(f"best {ys[best]:.4f}", (xs[best], ys[best]), textcoords="offset points", xytext=(0, 6), ha="center")
+        ax_metric.annotate(
+            f"best {ys[best]:.4f}", (xs[best], ys[best]), textcoords="offset points", xytext=(0, 6), ha="center"
+        )
     else:
         ax_metric.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax_metric.transAxes)
     ax_metric.set(xlabel="epoch", ylabel=metric, title=metric)

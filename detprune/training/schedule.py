@@ -6,10 +6,11 @@ step count, wrapped in ``torch.optim.lr_scheduler.LambdaLR``: a checkpoint store
 counter, so resuming a finished run with a larger ``epochs`` recomputes the curve for the new
 length and continues from the step where the run stopped.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -62,8 +63,9 @@ def build_optimizer(
         raise DetpruneError("the model has no trainable parameter")
     kw = {"fused": True} if fused else {}
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                               weight_decay=weight_decay, **kw)
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay, **kw
+        )
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kw)
     raise DetpruneError(f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZERS)}")

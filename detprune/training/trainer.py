@@ -25,14 +25,16 @@ lifecycle; without a pruner, the base class's no-ops)::
 Callbacks receive the bare model (never the DDP wrapper) and run on every rank: they must act
 identically on each (they see identical weights and all-reduced gradients).
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,8 +64,14 @@ from detprune.training.validate import (
     validate,
 )
 
-__all__ = ["Trainer", "TrainConfig", "TrainResult", "TrainingDivergedError", "seed_everything",
-           "use_deterministic_kernels"]
+__all__ = [
+    "Trainer",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
+    "seed_everything",
+    "use_deterministic_kernels",
+]
 
 log = logging.getLogger("detprune.training.trainer")
 
@@ -129,15 +137,26 @@ class Trainer:
         self.net: nn.Module = self.model
         if self.distributed:
             self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.cfg.find_unused_parameters)
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.find_unused_parameters,
+            )
 
         c = self.cfg
-        self.optimizer = build_optimizer(self.model.parameters(), c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
-                                         momentum=c.momentum, nesterov=c.nesterov,
-                                         fused=self.device.type == "cuda")
-        self._schedule = dict(warmup_steps=round(c.warmup_epochs * self.steps_per_epoch),
-                              total_steps=c.epochs * self.steps_per_epoch, min_factor=c.min_lr_ratio)
+        self.optimizer = build_optimizer(
+            self.model.parameters(),
+            c.optimizer,
+            lr=c.lr,
+            weight_decay=c.weight_decay,
+            momentum=c.momentum,
+            nesterov=c.nesterov,
+            fused=self.device.type == "cuda",
+        )
+        self._schedule = dict(
+            warmup_steps=round(c.warmup_epochs * self.steps_per_epoch),
+            total_steps=c.epochs * self.steps_per_epoch,
+            min_factor=c.min_lr_ratio,
+        )
         self.scheduler = build_scheduler(self.optimizer, **self._schedule)
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -157,8 +176,10 @@ class Trainer:
             self.load(last if resume is True else Path(resume))
         else:
             if last.exists():
-                raise DetpruneError(f"{self.out_dir} already holds a run ({last}); pass --resume to continue it, "
-                                    "or choose another output folder")
+                raise DetpruneError(
+                    f"{self.out_dir} already holds a run ({last}); pass --resume to continue it, "
+                    "or choose another output folder"
+                )
             seed_everything(self.cfg.seed + D.rank())
         if self.cfg.deterministic:
             use_deterministic_kernels()
@@ -182,12 +203,24 @@ class Trainer:
                 self.best, self.best_epoch = float(row[self.metric]), self.epoch
             self.save(best=improved)
             if D.is_main():
-                log.info("epoch %d/%d  %s  saved %s", self.epoch, self.cfg.epochs,
-                         "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)), last)
+                log.info(
+                    "epoch %d/%d  %s  saved %s",
+                    self.epoch,
+                    self.cfg.epochs,
+                    "  ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)),
+                    last,
+                )
         D.barrier()
         files = {k: self.out_dir / v for k, v in (("last", LAST), ("best", BEST), ("csv", CSV), ("plot", PLOT))}
-        return TrainResult(self.eval_model, self.history, self.metric, self.best, self.best_epoch, self.out_dir,
-                           {k: p for k, p in files.items() if p.exists()})
+        return TrainResult(
+            self.eval_model,
+            self.history,
+            self.metric,
+            self.best,
+            self.best_epoch,
+            self.out_dir,
+            {k: p for k, p in files.items() if p.exists()},
+        )
 
     @property
     def eval_model(self) -> nn.Module:
@@ -198,9 +231,15 @@ class Trainer:
         """The adapter's metric on the validation loader (same numbers on every rank)."""
         if self.evaluate_fn is not None:
             return self.evaluate_fn(self.eval_model, self.val_loader)  # type: ignore[arg-type]
-        return validate(self.eval_model, self.adapter, self.val_loader, self.device,  # type: ignore[arg-type]
-                        autocast_dtype=self.amp_dtype, channels_last=self.cfg.channels_last,
-                        progress=self.cfg.progress)
+        return validate(
+            self.eval_model,
+            self.adapter,
+            self.val_loader,
+            self.device,  # type: ignore[arg-type]
+            autocast_dtype=self.amp_dtype,
+            channels_last=self.cfg.channels_last,
+            progress=self.cfg.progress,
+        )
 
     # ---- one epoch --------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -210,8 +249,13 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, batches, non-finite
         parts: dict[str, float] = {}
         images_seen, t0 = 0, time.perf_counter()
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{c.epochs}", leave=False,
-                   disable=not (c.progress and D.is_main()), dynamic_ncols=True)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{c.epochs}",
+            leave=False,
+            disable=not (c.progress and D.is_main()),
+            dynamic_ncols=True,
+        )
         for i, batch in enumerate(self.train_loader):
             images, _, batch = self._to_device(batch)
             loss, named = pruner.train_step(self.model, batch, self.adapter, self._forward, self._backward)
@@ -237,17 +281,28 @@ class Trainer:
             if (i + 1) % c.log_every == 0 or i + 1 == self.steps_per_epoch:
                 self._check_finite(sums, epoch, i)
                 rate = images_seen * D.world_size() / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{sums[0].item() / max(sums[1].item(), 1):.4g}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.3g}", img_s=f"{rate:.1f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{sums[0].item() / max(sums[1].item(), 1):.4g}",
+                    lr=f"{self.optimizer.param_groups[0]['lr']:.3g}",
+                    img_s=f"{rate:.1f}",
+                    refresh=False,
+                )
             bar.update(1)
         bar.close()
         elapsed = time.perf_counter() - t0
         keys = sorted(parts)
-        totals = D.all_reduce_sum(torch.tensor([sums[0].item(), sums[1].item(), *[parts[k] for k in keys]],
-                                               dtype=torch.float64, device=self.device)).tolist()
+        totals = D.all_reduce_sum(
+            torch.tensor(
+                [sums[0].item(), sums[1].item(), *[parts[k] for k in keys]], dtype=torch.float64, device=self.device
+            )
+        ).tolist()
         n = max(totals[1], 1.0)
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": self.step, "lr": float(self.optimizer.param_groups[0]["lr"]),
-                               "train_loss": totals[0] / n}
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train_loss": totals[0] / n,
+        }
         row.update({k: v / n for k, v in zip(keys, totals[2:])})
         row.update({"img_per_s": images_seen * D.world_size() / max(elapsed, 1e-9), "epoch_s": elapsed})
         return row
@@ -267,8 +322,10 @@ class Trainer:
         bad = D.all_reduce_sum(sums[2:3].clone()).item()
         if bad and not self.scaler.is_enabled():  # fp16 skips non-finite steps by itself
             raise TrainingDivergedError(
-                f"loss is not finite at epoch {epoch + 1}, step {i + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g}); "
-                f"lower the learning rate or set a gradient clip. The last good checkpoint is {self.out_dir / LAST}")
+                f"loss is not finite at epoch {epoch + 1}, step {i + 1} "
+                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); "
+                f"lower the learning rate or set a gradient clip. The last good checkpoint is {self.out_dir / LAST}"
+            )
 
     def _to_device(self, batch: Any) -> tuple[torch.Tensor, Any, tuple[Any, ...]]:
         """``(images, targets, *rest)`` with images and target tensors on the training device."""
@@ -293,8 +350,11 @@ class Trainer:
         """Everything a resumed run needs; tensors and plain containers only (weights_only-safe)."""
         rngs = D.all_gather_objects(ckpt.rng_state())
         return {
-            "format": ckpt.FORMAT, "version": ckpt.VERSION, "kind": "last",
-            "epoch": self.epoch, "step": self.step,
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "kind": "last",
+            "epoch": self.epoch,
+            "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -302,9 +362,13 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "pruner": self.pruner.state_dict(),
             "rng": rngs,
-            "metric": self.metric, "best": self.best, "best_epoch": self.best_epoch,
+            "metric": self.metric,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
             "history": self.history,
-            "config": asdict(self.cfg), "world_size": D.world_size(), "meta": self.meta,
+            "config": asdict(self.cfg),
+            "world_size": D.world_size(),
+            "meta": self.meta,
         }
 
     def save(self, best: bool = False) -> None:
@@ -313,10 +377,20 @@ class Trainer:
         if D.is_main():
             ckpt.save_atomic(state, self.out_dir / LAST, keep_previous=True)
             if best:
-                ckpt.save_atomic({"format": ckpt.FORMAT, "version": ckpt.VERSION, "kind": "best",
-                                  "epoch": self.epoch, "model": self.eval_model.state_dict(),
-                                  "metric": self.metric, "best": self.best, "meta": self.meta,
-                                  "config": asdict(self.cfg)}, self.out_dir / BEST)
+                ckpt.save_atomic(
+                    {
+                        "format": ckpt.FORMAT,
+                        "version": ckpt.VERSION,
+                        "kind": "best",
+                        "epoch": self.epoch,
+                        "model": self.eval_model.state_dict(),
+                        "metric": self.metric,
+                        "best": self.best,
+                        "meta": self.meta,
+                        "config": asdict(self.cfg),
+                    },
+                    self.out_dir / BEST,
+                )
             write_metrics_csv(self.history, self.out_dir / CSV)
             plot_history(self.history, self.out_dir / PLOT, self.metric)
         D.barrier()
@@ -328,7 +402,9 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: no checkpoint to resume from (start without --resume)")
         state = ckpt.load_checkpoint(path)
         if state.get("kind") != "last":
-            raise ckpt.CheckpointError(f"{path}: a '{state.get('kind')}' checkpoint holds weights only; resume from last.pt")
+            raise ckpt.CheckpointError(
+                f"{path}: a '{state.get('kind')}' checkpoint holds weights only; resume from last.pt"
+            )
         ckpt.load_model_state(self.model, state["model"], path)
         try:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -348,7 +424,9 @@ class Trainer:
             try:
                 self.pruner.load_state_dict(state["pruner"])
             except DetpruneError as exc:
-                raise ckpt.CheckpointError(f"{path}: holds a pruner state this run's pruner cannot load: {exc}") from exc
+                raise ckpt.CheckpointError(
+                    f"{path}: holds a pruner state this run's pruner cannot load: {exc}"
+                ) from exc
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
         self.best, self.best_epoch = state["best"], state["best_epoch"]
@@ -356,8 +434,12 @@ class Trainer:
         if len(rngs) == D.world_size():
             ckpt.set_rng_state(rngs[D.rank()])
         else:
-            log.warning("%s was written by %d processes, this run has %d: random streams are re-seeded",
-                        path, len(rngs), D.world_size())
+            log.warning(
+                "%s was written by %d processes, this run has %d: random streams are re-seeded",
+                path,
+                len(rngs),
+                D.world_size(),
+            )
             seed_everything(self.cfg.seed + 1000 * self.epoch + D.rank())
         if D.is_main():
             log.info("resumed %s at epoch %d/%d", path, self.epoch, self.cfg.epochs)

@@ -5,10 +5,12 @@ Detection decodes each rank's shard with ``adapter.decode`` and gathers every pr
 rank 0, which scores them once with :func:`detprune.eval.evaluate` (mAP is not an average of per-rank
 mAPs); the result is broadcast so every rank returns the same numbers.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +27,9 @@ PRIMARY_METRIC = {"classification": "top1", "detection": "map50"}
 def primary_metric(adapter: Any) -> str:
     task = getattr(adapter, "task", None)
     if task not in PRIMARY_METRIC:
-        raise DetpruneError(f"adapter {type(adapter).__name__} has task {task!r}; expected 'classification' or 'detection'")
+        raise DetpruneError(
+            f"adapter {type(adapter).__name__} has task {task!r}; expected 'classification' or 'detection'"
+        )
     return PRIMARY_METRIC[task]
 
 
@@ -59,20 +63,33 @@ def _classification(model, adapter, loader, device, dtype, channels_last, progre
             logits = model(images)
         logits = logits.float()
         loss, _ = adapter.loss(logits, labels)
-        sums += torch.stack([(logits.argmax(1) == labels).sum().double(),
-                             torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
-                             loss.detach().double() * labels.numel()])
+        sums += torch.stack(
+            [
+                (logits.argmax(1) == labels).sum().double(),
+                torch.tensor(float(labels.numel()), dtype=torch.float64, device=device),
+                loss.detach().double() * labels.numel(),
+            ]
+        )
     correct, seen, loss_sum = D.all_reduce_sum(sums).tolist()
     if seen == 0:
         raise DetpruneError("the validation set is empty")
     return {"top1": correct / seen, "val_loss": loss_sum / seen}
 
 
-def _detection(model, adapter, loader, device, dtype, channels_last, progress, conf=0.1, nms_iou=0.5,
-               max_det=500) -> dict[str, float]:
+def _detection(
+    model, adapter, loader, device, dtype, channels_last, progress, conf=0.1, nms_iou=0.5, max_det=500
+) -> dict[str, float]:
     runner = _Forward(model, device, dtype, channels_last)
-    predictions = predict(runner, adapter, loader, conf=conf, nms_iou=nms_iou, max_det=max_det, device=device,
-                          progress=progress and D.is_main())
+    predictions = predict(
+        runner,
+        adapter,
+        loader,
+        conf=conf,
+        nms_iou=nms_iou,
+        max_det=max_det,
+        device=device,
+        progress=progress and D.is_main(),
+    )
     gathered = D.all_gather_objects(predictions)
     result = None
     if D.is_main():

@@ -10,6 +10,7 @@ narrower width learns from the widest width's *detached* outputs of the same bat
 * an adapter may define ``distill_loss(student, teacher) -> Tensor`` for its own outputs;
   any other output structure falls back to the mean squared error of every output tensor.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,16 @@ def distill_loss(adapter: Any, student: Any, teacher: Any) -> torch.Tensor:
 
 def kl_logits(student: torch.Tensor, teacher: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """KL divergence of the student's class distribution from the teacher's, batch mean (x τ²)."""
-    return F.kl_div(F.log_softmax(student / tau, dim=1), F.log_softmax(teacher / tau, dim=1),
-                    reduction="batchmean", log_target=True) * tau * tau
+    return (
+        F.kl_div(
+            F.log_softmax(student / tau, dim=1),
+            F.log_softmax(teacher / tau, dim=1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * tau
+        * tau
+    )
 
 
 def yolo_distill(student, teacher, num_classes: int) -> torch.Tensor:
@@ -73,7 +82,9 @@ def centernet_distill(student, teacher) -> torch.Tensor:
     peak = (heat == F.max_pool2d(heat, 3, 1, 1)) & (heat > 0.1)
     n = peak.sum()
     if n > 0:
-        loss = loss + 0.1 * ((s_wh - t_wh).abs() * peak).sum() / (2 * n) + ((s_reg - t_reg).abs() * peak).sum() / (2 * n)
+        loss = (
+            loss + 0.1 * ((s_wh - t_wh).abs() * peak).sum() / (2 * n) + ((s_reg - t_reg).abs() * peak).sum() / (2 * n)
+        )
     return loss
 
 

@@ -8,6 +8,7 @@ depthwise conv, a per-channel "through" module, scales with its one kept fractio
 the model (ops outside recorded modules) is a constant. The model is exact for conv, conv-
 transpose (grouped too) and linear layers; ``verify`` checks it against a counted pruned model.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -22,22 +22,14 @@ classifiers, loss for detectors; ``loss``, ``top1``, ``map50``), ``bn`` (``calib
 ``round_to``, ``min_level`` (1), ``seed``, ``verify`` (True: check the masked and the physically
 pruned model agree), ``progress``.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from detprune_plugins.autoslim.distill import detach, distill_loss
-from detprune_plugins.autoslim.flops import FlopModel
-from detprune_plugins.autoslim.score import BN_MODES, METRICS, Scorer, take_batches
-from detprune_plugins.autoslim.search import found_config, greedy_slimming
-from detprune_plugins.autoslim.slimmable import (
-    Slimmable,
-    bn_state,
-    frozen_statistics,
-    load_bn_state,
-)
 from torch import nn
 
 import detprune
@@ -48,6 +40,16 @@ from detprune.graph.capture import evaluating
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
 from detprune.plugin.protocols import Pruner
+from detprune_plugins.autoslim.distill import detach, distill_loss
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.score import BN_MODES, METRICS, Scorer, take_batches
+from detprune_plugins.autoslim.search import found_config, greedy_slimming
+from detprune_plugins.autoslim.slimmable import (
+    Slimmable,
+    bn_state,
+    frozen_statistics,
+    load_bn_state,
+)
 
 log = logging.getLogger("detprune.autoslim")
 
@@ -55,15 +57,63 @@ log = logging.getLogger("detprune.autoslim")
 class AutoSlim(Pruner):
     """AutoSlim: slimmable training (sandwich rule, in-place distillation), then greedy slimming to a FLOPs budget."""
 
-    def __init__(self, flops: Any = None, select: float | None = None, bins: int = 10, num_random: int = 2,
-                 distill: bool = True, metric: str = "auto", bn: str = "calibrate", score_batches: int = 4,
-                 calib_batches: int = 4, state: str | None = None, max_steps: int | None = None,
-                 round_to: int | None = None, min_level: int = 1, seed: int = 0, verify: bool = True,
-                 progress: bool = True):
-        self.options = dict(flops=flops, select=select, bins=bins, num_random=num_random, distill=distill,
-                            metric=metric, bn=bn, score_batches=score_batches, calib_batches=calib_batches,
-                            state=state, max_steps=max_steps, round_to=round_to, min_level=min_level, seed=seed,
-                            verify=verify, progress=progress)
+    def __init__(
+        self,
+        flops: Any = None,
+        select: float | None = None,
+        bins: int = 10,
+        num_random: int = 2,
+        distill: bool = True,
+        metric: str = "auto",
+        bn: str = "calibrate",
+        score_batches: int = 4,
+        calib_batches: int = 4,
+        state: str | None = None,
+        max_steps: int | None = None,
+        round_to: int | None = None,
+        min_level: int = 1,
+        seed: int = 0,
+        verify: bool = True,
+        progress: bool = True,
+    ):
+        """
+        :param flops: budgets as kept fractions of the dense FLOPs (a number, a list or ``"0.5,0.3"``;
+            default ``1 - ctx.ratio``).
+        :param select: the budget whose widths ``plan`` returns (default: the smallest).
+        :param bins: channel bins per group (the paper's 10).
+        :param num_random: random widths per step besides the widest and narrowest (sandwich rule).
+        :param distill: train narrower widths on the widest one's outputs (in-place distillation).
+        :param metric: how a width is scored in the search: ``auto`` (top-1 for classifiers, loss for
+            detectors), ``loss``, ``top1`` or ``map50``.
+        :param bn: BN during scoring: ``calibrate`` (recalibrated per width) or ``batch`` (batch statistics).
+        :param score_batches: held-out batches per score.
+        :param calib_batches: training batches per BN calibration.
+        :param state: JSON file of the search state, written after every step (resume from it).
+        :param max_steps: stop the search after this many steps (resumable).
+        :param round_to: keep channel counts at multiples of this.
+        :param min_level: the fewest bins a group keeps.
+        :param seed: seed of the random widths.
+        :param verify: check the masked and the physically pruned model agree at the chosen width.
+        :param progress: show progress bars.
+        """
+        self.options = dict(
+            flops=flops,
+            select=select,
+            bins=bins,
+            num_random=num_random,
+            distill=distill,
+            metric=metric,
+            bn=bn,
+            score_batches=score_batches,
+            calib_batches=calib_batches,
+            state=state,
+            max_steps=max_steps,
+            round_to=round_to,
+            min_level=min_level,
+            seed=seed,
+            verify=verify,
+            progress=progress,
+        )
         _check_options(self.options)  # wrong values fail before any training
         self.steps = 0  # sandwich steps trained (drives the random widths; kept in checkpoints)
         self.slim: Slimmable | None = None
@@ -93,8 +143,14 @@ class AutoSlim(Pruner):
             raise DetpruneError("autoslim: the model has no channel group that can be slimmed")
         return self.slim
 
-    def train_step(self, model: nn.Module, batch: tuple[Any, ...], adapter: Any,
-                   forward: Callable[[torch.Tensor], Any], backward: Callable[[torch.Tensor], None]):
+    def train_step(
+        self,
+        model: nn.Module,
+        batch: tuple[Any, ...],
+        adapter: Any,
+        forward: Callable[[torch.Tensor], Any],
+        backward: Callable[[torch.Tensor], None],
+    ):
         """One sandwich-rule step (§3.1): widest on labels, narrowest + random widths distilled from it."""
         slim = self.slimmable(model, adapter=adapter)
         images, targets = batch[0], batch[1]
@@ -112,7 +168,11 @@ class AutoSlim(Pruner):
                 slim.set_config(cfg)
                 with frozen_statistics(model):
                     student = forward(images)
-                kd = distill_loss(adapter, student, teacher) if self.options["distill"] else adapter.loss(student, targets)[0]
+                kd = (
+                    distill_loss(adapter, student, teacher)
+                    if self.options["distill"]
+                    else adapter.loss(student, targets)[0]
+                )
                 backward(kd)
                 total = total + kd.detach()
                 kd_sum += float(kd.detach())
@@ -138,8 +198,10 @@ class AutoSlim(Pruner):
         if not any(abs(select - t) < 1e-9 for t in targets):
             raise DetpruneError(f"autoslim: select={select} is not one of the FLOPs budgets {targets}")
         if self.steps == 0:
-            log.warning("autoslim: the model was not trained as a slimmable network (no sandwich step; "
-                        "--prune-epochs 0?): greedy slimming ranks widths the network never learned")
+            log.warning(
+                "autoslim: the model was not trained as a slimmable network (no sandwich step; "
+                "--prune-epochs 0?): greedy slimming ranks widths the network never learned"
+            )
         adapter = ctx.adapter
         if adapter is None:
             raise DetpruneError("autoslim: plan needs ctx.adapter (the model's loss scores the widths)")
@@ -154,20 +216,40 @@ class AutoSlim(Pruner):
                 log.warning("autoslim: no validation loader; scoring widths on training batches")
             batches = take_batches(score_loader, int(o["score_batches"]), seed=ctx.seed)
             calib = [b[0] for b in take_batches(ctx.train_loader, int(o["calib_batches"]), seed=ctx.seed + 1)]
-            scorer = Scorer(model, slim, adapter, batches, calib if o["bn"] == "calibrate" else [], metric=o["metric"],
-                            bn=o["bn"], dataset=getattr(score_loader, "dataset", None))
-            settings = {k: o[k] for k in ("bins", "metric", "bn", "score_batches", "calib_batches", "round_to",
-                                          "min_level", "seed")}
+            scorer = Scorer(
+                model,
+                slim,
+                adapter,
+                batches,
+                calib if o["bn"] == "calibrate" else [],
+                metric=o["metric"],
+                bn=o["bn"],
+                dataset=getattr(score_loader, "dataset", None),
+            )
+            settings = {
+                k: o[k]
+                for k in ("bins", "metric", "bn", "score_batches", "calib_batches", "round_to", "min_level", "seed")
+            }
             saved = bn_state(model)
             try:
-                self.search = greedy_slimming(slim, flop_model, scorer, targets, state_path=o["state"], settings=settings,
-                                              fingerprint=graph.fingerprint(), max_steps=o["max_steps"],
-                                              progress=bool(o["progress"]) and ctx.progress)
+                self.search = greedy_slimming(
+                    slim,
+                    flop_model,
+                    scorer,
+                    targets,
+                    state_path=o["state"],
+                    settings=settings,
+                    fingerprint=graph.fingerprint(),
+                    max_steps=o["max_steps"],
+                    progress=bool(o["progress"]) and ctx.progress,
+                )
             finally:
                 load_bn_state(model, saved)
             if not self.search["done"]:
                 where = f"; run again with state={o['state']!r} to continue" if o["state"] else ""
-                raise DetpruneError(f"autoslim: the greedy search stopped after max_steps={o['max_steps']} steps{where}")
+                raise DetpruneError(
+                    f"autoslim: the greedy search stopped after max_steps={o['max_steps']} steps{where}"
+                )
             config = found_config(self.search, select)
             slim.set_config(config)
             slim.calibrate([c.to(device) for c in (calib or [b[0] for b in batches])])  # §5.2, for the chosen width
@@ -180,13 +262,25 @@ class AutoSlim(Pruner):
         return plan
 
     def _meta(self, slim: Slimmable, flop_model: FlopModel, config, select: float) -> dict[str, Any]:
-        found = [{"target": f["target"], "flops": f["flops"], "score": f["score"],
-                  "widths": {str(u): slim.levels[u][c - 1] for u, c in ((int(k), v) for k, v in f["config"].items())}}
-                 for f in self.search["found"]]
-        return {"pruner": "autoslim", "bins": slim.bins, "select": select, "found": found,
-                "flops_fraction": flop_model(slim.keep_raw(config)) / flop_model.dense,
-                "dense_flops": flop_model.dense, "sandwich_steps": self.steps,
-                "search_steps": len(self.search["history"])}
+        found = [
+            {
+                "target": f["target"],
+                "flops": f["flops"],
+                "score": f["score"],
+                "widths": {str(u): slim.levels[u][c - 1] for u, c in ((int(k), v) for k, v in f["config"].items())},
+            }
+            for f in self.search["found"]
+        ]
+        return {
+            "pruner": "autoslim",
+            "bins": slim.bins,
+            "select": select,
+            "found": found,
+            "flops_fraction": flop_model(slim.keep_raw(config)) / flop_model.dense,
+            "dense_flops": flop_model.dense,
+            "sandwich_steps": self.steps,
+            "search_steps": len(self.search["history"]),
+        }
 
     @staticmethod
     def _verify(model: nn.Module, graph, slim: Slimmable, plan: PruningPlan, inputs, predicted: float) -> None:
@@ -202,8 +296,10 @@ class AutoSlim(Pruner):
         b = torch.cat([t.flatten().float() for t in _tensors(physical)])
         err = float((a - b).abs().max()) / max(float(a.abs().max()), 1e-6)
         if err > 1e-3:
-            raise DetpruneError(f"autoslim: the masked width and the physically pruned model disagree (relative "
-                                f"error {err:.2e}): a module's output is not masked where its channels go")
+            raise DetpruneError(
+                f"autoslim: the masked width and the physically pruned model disagree (relative "
+                f"error {err:.2e}): a module's output is not masked where its channels go"
+            )
         counted = count_flops(pruned, inputs)
         if abs(counted - predicted) > 1e-3 * max(counted, 1):
             log.warning("autoslim: FLOPs model predicted %.4g, counted %.4g on the pruned model", predicted, counted)

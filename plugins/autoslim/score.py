@@ -8,24 +8,26 @@ BatchNorm: ``bn="calibrate"`` re-estimates the statistics for every candidate on
 batches (JiahuiYu's post-statistics, train mode); ``bn="batch"`` normalises each scored batch with
 its own statistics (mmrazor's ``bn_training_mode``), cheaper and calibration-free.
 """
+
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
-from detprune_plugins.autoslim.slimmable import (
-    Slimmable,
-    batch_statistics,
-    calibrate_bn,
-)
 from torch import nn
 
 from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.eval.evaluate import evaluate_detections
 from detprune.graph.capture import evaluating
+from detprune_plugins.autoslim.slimmable import (
+    Slimmable,
+    batch_statistics,
+    calibrate_bn,
+)
 
 METRICS = ("auto", "loss", "top1", "map50")
 BN_MODES = ("calibrate", "batch")
@@ -66,8 +68,17 @@ def take_batches(loader: Iterable[Any], n: int, seed: int = 0) -> list[Any]:
 class Scorer:
     """``scorer(config) -> tuple`` (higher is better) for the masked model at ``config``."""
 
-    def __init__(self, model: nn.Module, slim: Slimmable, adapter: Any, batches: list[Any],
-                 calib: list[torch.Tensor], metric: str = "auto", bn: str = "calibrate", dataset: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        slim: Slimmable,
+        adapter: Any,
+        batches: list[Any],
+        calib: list[torch.Tensor],
+        metric: str = "auto",
+        bn: str = "calibrate",
+        dataset: Any = None,
+    ):
         if metric not in METRICS:
             raise DetpruneError(f"autoslim: metric must be one of {', '.join(METRICS)}, got {metric!r}")
         if bn not in BN_MODES:
@@ -78,8 +89,9 @@ class Scorer:
         if metric == "top1" and task != "classification":
             raise DetpruneError("autoslim: metric 'top1' needs a classifier; use 'loss' or 'map50' for a detector")
         if metric == "map50" and (task != "detection" or not hasattr(dataset, "coco_gt")):
-            raise DetpruneError("autoslim: metric 'map50' needs a detector and a validation loader over a detprune "
-                                "detection dataset")
+            raise DetpruneError(
+                "autoslim: metric 'map50' needs a detector and a validation loader over a detprune detection dataset"
+            )
         if not batches:
             raise DetpruneError("autoslim: no batch to score widths on (give a validation or training loader)")
         if bn == "calibrate" and not calib:

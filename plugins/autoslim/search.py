@@ -12,20 +12,22 @@ so far, the history) is written to a JSON file atomically (temp file, fsync, ren
 started again on that file continues where it stopped and, since every candidate is scored from
 scratch on fixed batches, ends with the same result as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from detprune_plugins.autoslim.flops import FlopModel
-from detprune_plugins.autoslim.slimmable import Config, Slimmable
 from tqdm.auto import tqdm
 
 from detprune.errors import DetpruneError
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.slimmable import Config, Slimmable
 
 log = logging.getLogger("detprune.autoslim")
 
@@ -36,10 +38,18 @@ class SearchStateError(DetpruneError):
     """A search state file is unreadable or belongs to another search."""
 
 
-def greedy_slimming(slim: Slimmable, flops: FlopModel, score: Callable[[Config], tuple[float, ...]],
-                    targets: Sequence[float], *, state_path: str | os.PathLike | None = None,
-                    settings: Mapping[str, Any] | None = None, fingerprint: str = "",
-                    max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+def greedy_slimming(
+    slim: Slimmable,
+    flops: FlopModel,
+    score: Callable[[Config], tuple[float, ...]],
+    targets: Sequence[float],
+    *,
+    state_path: str | os.PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
+    fingerprint: str = "",
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) the search; returns its state (``found``: one entry per target, ``done``).
 
     ``targets`` are fractions of the dense FLOPs. ``max_steps`` stops after that many greedy steps
@@ -54,8 +64,16 @@ def greedy_slimming(slim: Slimmable, flops: FlopModel, score: Callable[[Config],
     path = Path(state_path) if state_path is not None else None
     state = _load(path, fingerprint, settings) if path is not None and path.exists() else None
     if state is None:
-        state = {"format": FORMAT, "fingerprint": fingerprint, "settings": settings, "dense_flops": flops.dense,
-                 "config": _dump(slim.max_config()), "found": [], "history": [], "done": False}
+        state = {
+            "format": FORMAT,
+            "fingerprint": fingerprint,
+            "settings": settings,
+            "dense_flops": flops.dense,
+            "config": _dump(slim.max_config()),
+            "found": [],
+            "history": [],
+            "done": False,
+        }
     elif state["done"]:
         return state
     config = _parse(state["config"])
@@ -63,8 +81,14 @@ def greedy_slimming(slim: Slimmable, flops: FlopModel, score: Callable[[Config],
     fraction = lambda c: flops(slim.keep_raw(c)) / dense  # noqa: E731
     done_targets = {f["target"] for f in state["found"]}
     steps = 0
-    bar = tqdm(total=round((1 - targets[-1]) * 1000), desc="autoslim greedy", unit="‰FLOPs",
-               disable=not progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=round((1 - targets[-1]) * 1000),
+        desc="autoslim greedy",
+        unit="‰FLOPs",
+        disable=not progress,
+        leave=False,
+        dynamic_ncols=True,
+    )
     bar.update(round((1 - fraction(config)) * 1000))
     try:
         for target in targets:
@@ -73,8 +97,11 @@ def greedy_slimming(slim: Slimmable, flops: FlopModel, score: Callable[[Config],
             while fraction(config) > target + 1e-12:
                 units = [u for u in slim.units if config[u] > 1]
                 if not units:
-                    log.warning("autoslim: the narrowest widths keep %.3f of the FLOPs, above the budget %.3f",
-                                fraction(config), target)
+                    log.warning(
+                        "autoslim: the narrowest widths keep %.3f of the FLOPs, above the budget %.3f",
+                        fraction(config),
+                        target,
+                    )
                     break
                 if max_steps is not None and steps >= max_steps:
                     return state
@@ -90,8 +117,9 @@ def greedy_slimming(slim: Slimmable, flops: FlopModel, score: Callable[[Config],
                 config = best[2]
                 after = fraction(config)
                 state["config"] = _dump(config)
-                state["history"].append({"unit": best[1], "level": config[best[1]], "flops": after,
-                                         "score": list(best[0])})
+                state["history"].append(
+                    {"unit": best[1], "level": config[best[1]], "flops": after, "score": list(best[0])}
+                )
                 _save(path, state)
                 steps += 1
                 bar.update(round((1 - after) * 1000) - round((1 - before) * 1000))
@@ -131,18 +159,26 @@ def _load(path: Path, fingerprint: str, settings: Mapping[str, Any]) -> dict[str
     try:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SearchStateError(f"{path}: cannot read the autoslim search state ({exc}); delete it to start over")
+        raise SearchStateError(
+            f"{path}: cannot read the autoslim search state ({exc}); delete it to start over"
+        ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise SearchStateError(f"{path}: field 'format' is {state.get('format') if isinstance(state, dict) else None!r}, "
-                               f"expected {FORMAT!r}: not an autoslim search state")
+        raise SearchStateError(
+            f"{path}: field 'format' is {state.get('format') if isinstance(state, dict) else None!r}, "
+            f"expected {FORMAT!r}: not an autoslim search state"
+        )
     if state.get("fingerprint") != fingerprint:
-        raise SearchStateError(f"{path}: field 'fingerprint' is {state.get('fingerprint')!r} but this model's graph is "
-                               f"{fingerprint!r}: the state belongs to another model; delete it to start over")
+        raise SearchStateError(
+            f"{path}: field 'fingerprint' is {state.get('fingerprint')!r} but this model's graph is "
+            f"{fingerprint!r}: the state belongs to another model; delete it to start over"
+        )
     stored = state.get("settings", {})
     for key in sorted(set(stored) | set(settings)):
         if json.loads(json.dumps(stored.get(key))) != json.loads(json.dumps(settings.get(key))):
-            raise SearchStateError(f"{path}: field 'settings.{key}' is {stored.get(key)!r} but this search asks for "
-                                   f"{settings.get(key)!r}; use the same settings to resume, or another state file")
+            raise SearchStateError(
+                f"{path}: field 'settings.{key}' is {stored.get(key)!r} but this search asks for "
+                f"{settings.get(key)!r}; use the same settings to resume, or another state file"
+            )
     return state
 
 

@@ -14,11 +14,13 @@ BN post-statistics calibration (§5.2, JiahuiYu ``bn_calibration_init``): reset 
 statistics, ``momentum=None`` (a cumulative average) and forward a few batches with BN in
 *training* mode (in eval mode the statistics never change: ≈0 accuracy, issue #35).
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,8 +42,7 @@ class Slimmable:
     are not slimmed: the first channels of such a group would break the equal-blocks rule.
     """
 
-    def __init__(self, model: nn.Module, graph, bins: int = 10, round_to: int | None = None,
-                 min_level: int = 1):
+    def __init__(self, model: nn.Module, graph, bins: int = 10, round_to: int | None = None, min_level: int = 1):
         if bins < 1:
             raise DetpruneError(f"autoslim: bins must be a positive integer, got {bins}")
         self.model, self.graph, self.bins = model, graph, int(bins)
@@ -58,7 +59,7 @@ class Slimmable:
                 continue
             b = min(self.bins, n)
             counts = sorted({min(n, _round_up(math.ceil(n * i / b), round_to)) for i in range(1, b + 1)})
-            counts = counts[max(0, min(min_level, len(counts)) - 1):]
+            counts = counts[max(0, min(min_level, len(counts)) - 1) :]
             if len(counts) < 2:
                 continue
             self.units.append(g.id)
@@ -115,7 +116,7 @@ class Slimmable:
         for u, idx in self.kept(config).items():
             seg = np.zeros(self._offsets[u + 1] - self._offsets[u], dtype=bool)
             seg[idx.numpy()] = True
-            flat[self._offsets[u]: self._offsets[u + 1]] = seg
+            flat[self._offsets[u] : self._offsets[u + 1]] = seg
         return flat[self._raw]
 
     # ---- masking hooks --------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class Slimmable:
             out[name] = (np.asarray(ids), dim)
         return out
 
-    def attach(self) -> "Slimmable":
+    def attach(self) -> Slimmable:
         """Install the masking hooks (idempotent)."""
         if not self._handles:
             for name in self._targets:
@@ -192,8 +193,10 @@ class Slimmable:
                 return None
             d = dim % output.dim()
             if output.shape[d] != mask.numel():
-                raise DetpruneError(f"autoslim: module '{name}' produced {output.shape[d]} channels on dim {d}, "
-                                    f"the graph expects {mask.numel()}; re-trace the model")
+                raise DetpruneError(
+                    f"autoslim: module '{name}' produced {output.shape[d]} channels on dim {d}, "
+                    f"the graph expects {mask.numel()}; re-trace the model"
+                )
             shape = [1] * output.dim()
             shape[d] = mask.numel()
             return output * mask.to(device=output.device, dtype=output.dtype).view(shape)
@@ -202,6 +205,7 @@ class Slimmable:
 
 
 # ---- BatchNorm post-statistics -----------------------------------------------------------------
+
 
 def batchnorms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]

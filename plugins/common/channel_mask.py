@@ -11,11 +11,12 @@ physically pruned (for norms whose statistics are per channel: BN; GroupNorm ove
 channels and LayerNorm mix the zeroed channel into the others' statistics). Consumers' input
 slices are not touched, so the channel can regrow while training.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch

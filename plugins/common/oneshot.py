@@ -7,6 +7,7 @@ are scored per coupled group (a residual stream loses the same channels in every
 carries it) and ``graph.plan`` removes ``ctx.ratio`` of each group, or of all groups together
 with ``global_ranking`` (the criterion's scores must then be comparable across layers).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,13 @@ def achieved_ratio(graph: Any, plan: PruningPlan) -> float:
 class OneShot(Pruner):
     """Score each coupled group once with a criterion and remove the lowest channels (Li et al. 2017, §3.1)."""
 
-    def __init__(self, criterion: str | None = None, global_ranking: bool | None = None,
-                 min_keep: float | None = None, criterion_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        criterion: str | None = None,
+        global_ranking: bool | None = None,
+        min_keep: float | None = None,
+        criterion_options: dict[str, Any] | None = None,
+    ) -> None:
         """
         :param criterion: a registered criterion name; default: the context's (``--criterion``).
         :param global_ranking: one ranking over all groups instead of ``ratio`` per group;
@@ -48,11 +54,16 @@ class OneShot(Pruner):
         global_ranking = ctx.global_ranking if self.global_ranking is None else self.global_ranking
         min_keep = ctx.min_keep if self.min_keep is None else self.min_keep
         scores = score_groups(crit, model, graph, ctx)
-        plan = graph.plan(scores, ctx.ratio, round_to=ctx.round_to, global_ranking=global_ranking,
-                          min_keep=min_keep)
-        plan.meta.update(pruner="oneshot", criterion=name, asked_ratio=float(ctx.ratio),
-                         achieved_ratio=achieved_ratio(graph, plan), global_ranking=bool(global_ranking),
-                         min_keep=float(min_keep), round_to=ctx.round_to)
+        plan = graph.plan(scores, ctx.ratio, round_to=ctx.round_to, global_ranking=global_ranking, min_keep=min_keep)
+        plan.meta.update(
+            pruner="oneshot",
+            criterion=name,
+            asked_ratio=float(ctx.ratio),
+            achieved_ratio=achieved_ratio(graph, plan),
+            global_ranking=bool(global_ranking),
+            min_keep=float(min_keep),
+            round_to=ctx.round_to,
+        )
         return plan
 
 

@@ -18,6 +18,7 @@ are first divided by that producer's mean filter norm, so every layer of the gro
 say (as the ``l1``/``l2`` criteria do); for a single producer this scales g uniformly (``cosine``:
 not at all), so the ranking is the paper's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -68,6 +69,11 @@ class _Distance(Criterion):
     kind = "minkowski-p2"
 
     def __init__(self, normalize: bool = True, eps: float = 1e-8):
+        """
+        :param normalize: divide each producer's rows by its mean p-norm before the distances, so every
+            producer of a coupled group weighs the same.
+        :param eps: added to norms in the cosine distance: an all-zero (soft-pruned) filter is far from all.
+        """
         self.normalize, self.eps = normalize, eps
 
     def score(self, model: nn.Module, group, ctx=None) -> torch.Tensor:

@@ -8,6 +8,7 @@ averaged over the producers that carry each channel, so every layer of the group
 say and scores stay comparable across groups under ``global_ranking`` (Torch-Pruning's group
 importance normalises and reduces the same way: ``normalizer='mean'``, ``group_reduction='mean'``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,6 +22,10 @@ class _Norm(Criterion):
     p: float = 1.0
 
     def __init__(self, normalize: bool = True):
+        """
+        :param normalize: divide each producer's filter norms by that producer's mean norm, so groups of
+            layers with different scales compare (needed for ``--global-ranking``).
+        """
         self.normalize = normalize
 
     def _per_layer(self, rows: torch.Tensor) -> torch.Tensor:

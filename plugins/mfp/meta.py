@@ -13,10 +13,12 @@ Built in:
 
 Names of the form ``"package.module:function"`` import a user's function.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,5 +84,7 @@ def resolve(meta: str | MetaAttribute) -> tuple[str, MetaAttribute]:
         if not callable(fn):
             raise DetpruneError(f"mfp: meta-attribute {meta!r} is not callable")
         return meta, fn
-    raise DetpruneError(f"mfp: unknown meta-attribute {meta!r}; known: {', '.join(META_ATTRIBUTES)}, "
-                        "or 'package.module:function' taking (model, batches, adapter)")
+    raise DetpruneError(
+        f"mfp: unknown meta-attribute {meta!r}; known: {', '.join(META_ATTRIBUTES)}, "
+        "or 'package.module:function' taking (model, batches, adapter)"
+    )

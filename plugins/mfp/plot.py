@@ -1,10 +1,12 @@
 """MFP's switching trace as a picture: which criterion was followed at each epoch, and how far each
 criterion's neighbour network moved the meta-attribute (the paper reports distance criteria being
 chosen less early in training; this plot shows whether that happens on your run)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 DISTANCES = ("minkowski-p1", "minkowski-p2", "cosine")
 
@@ -32,8 +34,14 @@ def plot_history(history: Sequence[dict[str, Any]], criteria: Sequence[str], met
         pts = [(h["epoch"] + 1, abs(h["values"][name] - h["base"])) for h in rows if name in h.get("values", {})]
         if pts:
             positive = positive or any(v > 0 for _, v in pts)
-            bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
-                        ls="--" if name in DISTANCES else "-", label=name)
+            bottom.plot(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                marker="o",
+                ms=3,
+                ls="--" if name in DISTANCES else "-",
+                label=name,
+            )
     if positive:
         bottom.set_yscale("symlog", linthresh=1e-6)
     bottom.set_xlabel("epoch")

@@ -35,17 +35,16 @@ Lifecycle (docs/internals.md §4): ``bind(ctx)`` before training (the pipeline d
 Trainer's ``on_epoch_end`` / ``on_after_step`` callbacks, checkpointed through ``state_dict``; then
 ``plan(model, graph, ctx)``.
 """
+
 from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
-from detprune_plugins.mfp import meta as mfp_meta
-from detprune_plugins.mfp.plot import plot_history
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -56,6 +55,9 @@ from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
 from detprune.plugin.protocols import Pruner
 from detprune.training import distributed as D
+from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
+from detprune_plugins.mfp import meta as mfp_meta
+from detprune_plugins.mfp.plot import plot_history
 
 log = logging.getLogger("detprune.mfp")
 
@@ -66,9 +68,30 @@ DISTANCE_CRITERIA = frozenset({"minkowski-p1", "minkowski-p2", "cosine"})
 class MFP(Pruner):
     """Meta filter pruning: soft pruning that switches criterion by a meta-attribute (He et al. 2019)."""
 
-    def __init__(self, criteria: Sequence[str] | str = DEFAULT_CRITERIA, switch_every: int = 1,
-                 prune_every: int = 1, meta: Any = "loss", meta_batches: int = 2, hard: bool = False,
-                 initial: str = "l2", mask_bn: bool = True, progress: bool = True):
+    def __init__(
+        self,
+        criteria: Sequence[str] | str = DEFAULT_CRITERIA,
+        switch_every: int = 1,
+        prune_every: int = 1,
+        meta: Any = "loss",
+        meta_batches: int = 2,
+        hard: bool = False,
+        initial: str = "l2",
+        mask_bn: bool = True,
+        progress: bool = True,
+    ):
+        """
+        :param criteria: the criterion pool, names or one comma-separated string (default l1, l2,
+            minkowski-p1, minkowski-p2, cosine).
+        :param switch_every: re-choose the criterion every this many epochs (the meta step).
+        :param prune_every: re-select and zero the channels every this many epochs (SFP: 1).
+        :param meta: the meta-attribute: ``loss`` (held-out loss), ``weight-mean``, ``sparsity`` or a callable.
+        :param meta_batches: held-out batches the attribute is measured on (drawn once, kept).
+        :param hard: re-apply the mask after every optimiser step instead of once per epoch.
+        :param initial: the criterion followed until the first switch (SFP's ``l2``).
+        :param mask_bn: zero BN γ, β with the filters (masked == pruned); ``False`` is SFP's original mask.
+        :param progress: show a progress bar during the meta step.
+        """
         if isinstance(criteria, str):
             criteria = [c.strip() for c in criteria.split(",") if c.strip()]
         self.criteria = tuple(dict.fromkeys(criteria))
@@ -96,7 +119,7 @@ class MFP(Pruner):
         self._last_plan: PruningPlan | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
-    def bind(self, ctx: PruneContext) -> "MFP":
+    def bind(self, ctx: PruneContext) -> MFP:
         """Take the context (ratio, adapter, loaders, the dense graph) before training; returns self."""
         if ctx is not self.ctx:
             self._batches = None
@@ -118,8 +141,17 @@ class MFP(Pruner):
         if pruned:
             self._zero(model, graph, plan or self._select(model, graph, self.criterion), epoch)
         if not switched and pruned:
-            self.history.append({"epoch": int(epoch), "criterion": self.criterion, "switched": False, "pruned": True,
-                                 "meta": self.meta_name, "base": None, "values": {}})
+            self.history.append(
+                {
+                    "epoch": int(epoch),
+                    "criterion": self.criterion,
+                    "switched": False,
+                    "pruned": True,
+                    "meta": self.meta_name,
+                    "base": None,
+                    "values": {},
+                }
+            )
         elif switched:
             self.history[-1]["pruned"] = pruned
 
@@ -136,7 +168,7 @@ class MFP(Pruner):
         if self._kept and self._fingerprint == graph.fingerprint():
             plan = PruningPlan(kept=dict(self._kept))
             if channel_mask(model, graph, plan, through=self.mask_bn).holds():
-                plan.meta.update(self._plan_meta(self.criterion, "the set zeroed at epoch %d" % (self._mask_epoch + 1)))
+                plan.meta.update(self._plan_meta(self.criterion, f"the set zeroed at epoch {self._mask_epoch + 1}"))
                 return plan
             log.info("mfp: weights changed since the last mask; re-selecting with %s", self.criterion)
         if not any(h.get("switched") for h in self.history):
@@ -153,14 +185,22 @@ class MFP(Pruner):
     # ---- checkpointing ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """History, current criterion and mask: tensors and plain containers (weights_only-safe)."""
-        return {"criterion": self.criterion, "history": [dict(h) for h in self.history],
-                "kept": {str(g): t.clone() for g, t in self._kept.items()}, "fingerprint": self._fingerprint,
-                "mask_epoch": self._mask_epoch, "criteria": list(self.criteria), "meta": self.meta_name}
+        return {
+            "criterion": self.criterion,
+            "history": [dict(h) for h in self.history],
+            "kept": {str(g): t.clone() for g, t in self._kept.items()},
+            "fingerprint": self._fingerprint,
+            "mask_epoch": self._mask_epoch,
+            "criteria": list(self.criteria),
+            "meta": self.meta_name,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("criterion") not in self.criteria:
-            raise DetpruneError(f"mfp: the checkpoint's criterion {state.get('criterion')!r} is not among this run's "
-                                f"criteria {list(self.criteria)}")
+            raise DetpruneError(
+                f"mfp: the checkpoint's criterion {state.get('criterion')!r} is not among this run's "
+                f"criteria {list(self.criteria)}"
+            )
         self.criterion = state["criterion"]
         self.history = [dict(h) for h in state.get("history", [])]
         self._kept = {int(g): torch.as_tensor(t, dtype=torch.long) for g, t in state.get("kept", {}).items()}
@@ -180,8 +220,10 @@ class MFP(Pruner):
     # ---- internals --------------------------------------------------------------------------------
     def _require_ctx(self) -> PruneContext:
         if self.ctx is None:
-            raise DetpruneError("mfp needs its PruneContext before training: call pruner.bind(ctx) "
-                                "(ratio, adapter and a loader for the meta-attribute batches)")
+            raise DetpruneError(
+                "mfp needs its PruneContext before training: call pruner.bind(ctx) "
+                "(ratio, adapter and a loader for the meta-attribute batches)"
+            )
         return self.ctx
 
     def _ensure_graph(self, model: nn.Module):
@@ -208,8 +250,10 @@ class MFP(Pruner):
             loader = ctx.val_loader if ctx.val_loader is not None else ctx.train_loader
             if loader is None:
                 if self.meta_name in mfp_meta.NEEDS_DATA:
-                    raise DetpruneError(f"mfp: meta={self.meta_name!r} needs held-out batches, but the bound "
-                                        "PruneContext has neither val_loader nor train_loader")
+                    raise DetpruneError(
+                        f"mfp: meta={self.meta_name!r} needs held-out batches, but the bound "
+                        "PruneContext has neither val_loader nor train_loader"
+                    )
                 self._batches = []
             else:
                 batches = []
@@ -226,8 +270,12 @@ class MFP(Pruner):
         batches = self._held_out(model)
         base = self.meta_fn(model, batches, ctx.adapter)
         plans, values = {}, []
-        bar = tqdm(self.criteria, desc=f"mfp neighbours (epoch {epoch + 1})", leave=False,
-                   disable=None if self.progress and ctx.progress and D.is_main() else True)  # None: off when not a terminal
+        bar = tqdm(
+            self.criteria,
+            desc=f"mfp neighbours (epoch {epoch + 1})",
+            leave=False,
+            disable=None if self.progress and ctx.progress and D.is_main() else True,
+        )  # None: off when not a terminal
         for name in bar:
             plans[name] = self._select(model, graph, name)
             with channel_mask(model, graph, plans[name]).applied():
@@ -237,12 +285,26 @@ class MFP(Pruner):
         base, *values = (summed / D.world_size()).tolist()  # ranks with different batches agree on one choice
         change = {name: abs(v - base) for name, v in zip(self.criteria, values)}
         self.criterion = min(self.criteria, key=lambda c: change[c])  # ties: the first listed
-        self.history.append({"epoch": int(epoch), "criterion": self.criterion, "switched": True, "pruned": False,
-                             "meta": self.meta_name, "base": float(base),
-                             "values": {n: float(v) for n, v in zip(self.criteria, values)}})
+        self.history.append(
+            {
+                "epoch": int(epoch),
+                "criterion": self.criterion,
+                "switched": True,
+                "pruned": False,
+                "meta": self.meta_name,
+                "base": float(base),
+                "values": {n: float(v) for n, v in zip(self.criteria, values)},
+            }
+        )
         if D.is_main():
-            log.info("mfp epoch %d: criterion %s (%s %.4g; neighbours %s)", epoch + 1, self.criterion, self.meta_name,
-                     base, ", ".join(f"{n} {v:+.3g}" for n, v in zip(self.criteria, [v - base for v in values])))
+            log.info(
+                "mfp epoch %d: criterion %s (%s %.4g; neighbours %s)",
+                epoch + 1,
+                self.criterion,
+                self.meta_name,
+                base,
+                ", ".join(f"{n} {v:+.3g}" for n, v in zip(self.criteria, [v - base for v in values])),
+            )
         self._last_plan = plans[self.criterion]
         return plans[self.criterion]
 
@@ -264,8 +326,14 @@ class MFP(Pruner):
 
     def _plan_meta(self, criterion: str, how: str) -> dict[str, Any]:
         ratio = self.ctx.ratio if self.ctx is not None else None
-        return {"pruner": "mfp", "criterion": criterion, "ratio": ratio, "how": how, "meta": self.meta_name,
-                "switches": [[e, c] for e, c in self.chosen()]}
+        return {
+            "pruner": "mfp",
+            "criterion": criterion,
+            "ratio": ratio,
+            "how": how,
+            "meta": self.meta_name,
+            "switches": [[e, c] for e, c in self.chosen()],
+        }
 
 
 @detprune.hookimpl

@@ -4,10 +4,12 @@ the detection output helpers, and the classifiers' loss/decode/protected layers.
 An adapter (``detprune.plugin.protocols.ModelAdapter``) owns one model family. Its build arguments live in
 ``self.args`` and must survive ``json.dumps`` so a pruning recipe can rebuild the dense model.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,10 +30,18 @@ class AdapterBase(ModelAdapter):
     name: str = "?"
 
     def __init__(self, **args: Any) -> None:
+        """
+        :param num_classes: classes the model predicts (``detprune prune`` takes the dataset's).
+        :param img_size: network input size (square); example inputs, FLOPs and latency use it.
+        :param width: channel width multiplier of every layer.
+        :param depth: residual blocks per stage multiplier, where the family has stages.
+        """
         try:
             json.dumps(args)
         except TypeError as exc:
-            raise AdapterArgumentError(f"adapter '{self.name}': build arguments must be JSON-serialisable: {exc}") from exc
+            raise AdapterArgumentError(
+                f"adapter '{self.name}': build arguments must be JSON-serialisable: {exc}"
+            ) from exc
         self.args = dict(args)
         n = self.args.get("num_classes")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
@@ -93,6 +103,7 @@ class ClassifierAdapter(AdapterBase):
 
 
 # ---- detection helpers -----------------------------------------------------------------
+
 
 def finish_detections(
     boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, meta: Mapping[str, Any] | None

@@ -5,20 +5,21 @@ ResNet-56 follows lmbxmu/FilterSketch ``model/resnet.py``: 3 stages of 9 basic b
 channels), option-A shortcuts (stride-2 subsampling + zero channel padding, no parameters):
 853,018 parameters for 10 classes. ``shortcut="B"`` swaps in 1x1 conv + BN projections.
 """
+
 from __future__ import annotations
 
 import torch
 import torchvision
+from torch import nn
+from torch.nn import functional as F
+
+import detprune
 from detprune_plugins.models.base import (
     AdapterArgumentError,
     ClassifierAdapter,
     scaled,
     without_inplace,
 )
-from torch import nn
-from torch.nn import functional as F
-
-import detprune
 
 
 class PadShortcut(nn.Module):
@@ -96,6 +97,9 @@ class ResNet56Cifar(ClassifierAdapter):
     name = "resnet56-cifar"
 
     def __init__(self, num_classes: int = 10, img_size: int = 32, width: float = 1.0, shortcut: str = "A") -> None:
+        """
+        :param shortcut: ``A`` (He et al.'s parameter-free pad shortcut) or ``B`` (1x1 conv + BN projections).
+        """
         super().__init__(num_classes=num_classes, img_size=img_size, width=width, shortcut=shortcut)
         if shortcut not in ("A", "B"):
             raise AdapterArgumentError(f"adapter 'resnet56-cifar': shortcut must be 'A' or 'B', got {shortcut!r}")

@@ -3,15 +3,16 @@
 bias, 2x2 max-pools, a final 2x2 average pool and one Linear classifier. 14,724,042 parameters for
 10 classes (the paper's 14.72M), 14,770,212 for 100.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-from detprune_plugins.models.base import AdapterArgumentError, ClassifierAdapter, scaled
 from torch import nn
 
 import detprune
+from detprune_plugins.models.base import AdapterArgumentError, ClassifierAdapter, scaled
 
 #: network-slimming ``defaultcfg[16]``: channel counts, "M" = 2x2 max-pool.
 VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -61,7 +62,9 @@ class VGG16Cifar(ClassifierAdapter):
     def __init__(self, num_classes: int = 10, img_size: int = 32, width: float = 1.0) -> None:
         super().__init__(num_classes=num_classes, img_size=img_size, width=width)
         if img_size % 32:
-            raise AdapterArgumentError(f"adapter 'vgg16-cifar': img_size must be a multiple of 32 (five 2x pools), got {img_size}")
+            raise AdapterArgumentError(
+                f"adapter 'vgg16-cifar': img_size must be a multiple of 32 (five 2x pools), got {img_size}"
+            )
 
     def build(self) -> nn.Module:
         w = self.args["width"]

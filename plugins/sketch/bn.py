@@ -16,17 +16,20 @@ The statistics of ``y' = Q y`` are not those of any old channel (research/algori
 * ``keep`` (default for ``procrustes``): the selected BN of the kept channel whose place each new
   channel takes stays as it is (channel identities are kept by the alignment).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-from detprune_plugins.sketch.layout import positions
-from detprune_plugins.sketch.weights import Rebase, fold_factors
 from torch import nn
 from tqdm.auto import tqdm
+
+from detprune_plugins.sketch.layout import positions
+from detprune_plugins.sketch.weights import Rebase, fold_factors
 
 BN_MODES = ("fold", "reinit", "keep")
 
@@ -107,13 +110,17 @@ def _run(model: nn.Module, loader: Iterable[Any], n: int, what: str, progress: b
 def _norms(model: nn.Module, names: Iterable[str] | None) -> dict[str, nn.Module]:
     if names is not None:
         return {n: model.get_submodule(n) for n in names}
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    return {
+        n: m
+        for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    }
 
 
 @torch.no_grad()
-def adabn(model: nn.Module, loader: Iterable[Any], batches: int, names: Iterable[str] | None = None,
-          progress: bool = True) -> int:
+def adabn(
+    model: nn.Module, loader: Iterable[Any], batches: int, names: Iterable[str] | None = None, progress: bool = True
+) -> int:
     """AdaBN (Li et al. 2016): re-estimate BN running statistics on ``batches`` batches, the BNs
     ``names`` (default: every BN with running statistics) in train mode with a cumulative average,
     the rest of the model in eval mode. Weights are untouched; returns batches seen."""
@@ -163,8 +170,14 @@ def _measure_inputs(model: nn.Module, names: Iterable[str], loader, batches: int
 
 
 @torch.no_grad()
-def calibrate(pruned: nn.Module, targets: list[NormTarget], loader: Iterable[Any], batches: int,
-              everything: bool = False, progress: bool = True) -> int:
+def calibrate(
+    pruned: nn.Module,
+    targets: list[NormTarget],
+    loader: Iterable[Any],
+    batches: int,
+    everything: bool = False,
+    progress: bool = True,
+) -> int:
     """Re-estimate BN statistics on ``batches`` batches; returns batches seen.
 
     ``fold`` targets: per-channel mean/variance of the BN *input*, measured in eval mode (the folded
@@ -189,8 +202,9 @@ def calibrate(pruned: nn.Module, targets: list[NormTarget], loader: Iterable[Any
     reinit = [n for n in by_name if n not in folded]
     if not reinit and not everything:
         return seen
-    saved = {n: (pruned.get_submodule(n).running_mean.clone(), pruned.get_submodule(n).running_var.clone())
-             for n in reinit}
+    saved = {
+        n: (pruned.get_submodule(n).running_mean.clone(), pruned.get_submodule(n).running_var.clone()) for n in reinit
+    }
     seen = max(seen, adabn(pruned, loader, batches, None if everything else reinit, progress))
     for name, ts in by_name.items():
         bn = pruned.get_submodule(name)
@@ -212,4 +226,5 @@ def _accumulate(acc: list[torch.Tensor]):
         acc[0] += flat.sum(1)
         acc[1] += flat.square().sum(1)
         acc[2] += flat.shape[1]
+
     return hook

@@ -37,12 +37,18 @@ graph does not distinguish from an add. On rebased rows the compensator recomput
 biases and BN from the dense model, replacing what an earlier compensator (``fold-beta``) put
 there; elsewhere earlier edits survive.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
 import torch
+from torch import nn
+
+import detprune
+from detprune.errors import DetpruneError
+from detprune.plugin.protocols import Compensator
 from detprune_plugins.sketch.bn import BN_MODES, calibrate, norm_targets, write_norms
 from detprune_plugins.sketch.frequent_directions import (
     MODES,
@@ -58,11 +64,6 @@ from detprune_plugins.sketch.weights import (
     producer_rows,
     write_module,
 )
-from torch import nn
-
-import detprune
-from detprune.errors import DetpruneError
-from detprune.plugin.protocols import Compensator
 
 log = logging.getLogger(__name__)
 VARIANTS = ("rebase", "procrustes")
@@ -75,12 +76,33 @@ class SketchOptionError(DetpruneError, ValueError):
 class Sketch(Compensator):
     """Matrix-Sketching compensation (Frequent Directions) for groups pruned above alpha."""
 
-    def __init__(self, alpha: float = 0.3, mode: str = "fd", calib_batches: int = 20,
-                 variant: str = "rebase", bn: str | None = None, recalibrate: str = "new") -> None:
+    def __init__(
+        self,
+        alpha: float = 0.3,
+        mode: str = "fd",
+        calib_batches: int = 20,
+        variant: str = "rebase",
+        bn: str | None = None,
+        recalibrate: str = "new",
+    ) -> None:
+        """
+        :param alpha: compensate a group when a producer's layer prune ratio exceeds it (the paper's α;
+            0.2 / 0.3 / 0.5 in its Table 2); ``--alpha``.
+        :param mode: the sketch: ``fd`` (Frequent Directions, 2ℓ buffer, the paper's), ``fd-liberty``
+            (Liberty's ℓ buffer) or ``svd`` (the exact optimum, for tests).
+        :param calib_batches: training batches for the new channels' BN statistics (0: propagate them).
+        :param variant: ``rebase`` (new filters B = QA, consumers re-based with Q⁺) or ``procrustes``
+            (the sketch rotated onto the kept filters: channel identities stay).
+        :param bn: ``fold`` (sketch BN-folded filters; default for rebase), ``reinit`` (γ=1, β=0, AdaBN)
+            or ``keep`` (default for procrustes).
+        :param recalibrate: ``new`` (only the sketched channels' BN) or ``all`` (AdaBN on every BN after).
+        """
         if mode not in MODES:
             raise SketchOptionError(f"compensator 'sketch': mode must be one of {', '.join(MODES)}, got {mode!r}")
         if variant not in VARIANTS:
-            raise SketchOptionError(f"compensator 'sketch': variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+            raise SketchOptionError(
+                f"compensator 'sketch': variant must be one of {', '.join(VARIANTS)}, got {variant!r}"
+            )
         bn = bn or ("keep" if variant == "procrustes" else "fold")
         if bn not in BN_MODES:
             raise SketchOptionError(f"compensator 'sketch': bn must be one of {', '.join(BN_MODES)}, got {bn!r}")
@@ -117,8 +139,13 @@ class Sketch(Compensator):
         for _, lay, entry in sorted(candidates, key=lambda c: c[0]):  # upstream first (section 6.5 step 5)
             rb = self._rebase(original, graph, kept, lay, rebases)
             rebases[rb.gid] = rb
-            entry.update(rebased=True, reason="", mixed=int(lay.mix.numel()), sketch=int(lay.kept.numel()),
-                         gram_error=rb.gram_error)
+            entry.update(
+                rebased=True,
+                reason="",
+                mixed=int(lay.mix.numel()),
+                sketch=int(lay.kept.numel()),
+                gram_error=rb.gram_error,
+            )
         with torch.no_grad():
             for name in self._touched(rebases):
                 write_module(original, pruned, graph, kept, name, rebases, self.bn)
@@ -126,15 +153,24 @@ class Sketch(Compensator):
             write_norms(pruned, targets)
         loader = getattr(ctx, "train_loader", None) if ctx is not None else None
         everything = self.recalibrate == "all" and bool(plan.kept)
-        seen = (calibrate(pruned, targets, loader, self.calib_batches, everything, progress=ctx.progress)
-                if loader is not None else 0)
+        seen = (
+            calibrate(pruned, targets, loader, self.calib_batches, everything, progress=ctx.progress)
+            if loader is not None
+            else 0
+        )
         stats = f"calibrated on {seen} batches" if seen and targets else "keep" if self.bn == "keep" else "propagated"
         if everything and seen:
             stats += f"; AdaBN on every BN ({seen} batches)"
         self.report = {
-            "compensator": "sketch", "alpha": self.alpha, "mode": self.mode, "variant": self.variant,
-            "bn": self.bn, "recalibrate": self.recalibrate, "bn_statistics": stats,
-            "rebased": sorted(rebases), "groups": entries,
+            "compensator": "sketch",
+            "alpha": self.alpha,
+            "mode": self.mode,
+            "variant": self.variant,
+            "bn": self.bn,
+            "recalibrate": self.recalibrate,
+            "bn_statistics": stats,
+            "rebased": sorted(rebases),
+            "groups": entries,
         }
 
     # ---- pieces ----------------------------------------------------------------------------
@@ -152,9 +188,18 @@ class Sketch(Compensator):
         widths = {p: int(w) for p, w in plan.widths.get(group.id, {}).items()}
         layer.update({p: 1.0 - w / n_pos[p] for p, w in widths.items() if p in n_pos})
         top = max(layer.values(), default=0.0)
-        entry = {"group": group.id, "size": group.size, "kept": kept_count, "ratio": 1.0 - kept_count / group.size,
-                 "layer_ratio": top, "triggered": top > self.alpha, "rebased": False, "reason": "",
-                 "producers": group.modules("out"), "gram_error": None}
+        entry = {
+            "group": group.id,
+            "size": group.size,
+            "kept": kept_count,
+            "ratio": 1.0 - kept_count / group.size,
+            "layer_ratio": top,
+            "triggered": top > self.alpha,
+            "rebased": False,
+            "reason": "",
+            "producers": group.modules("out"),
+            "gram_error": None,
+        }
         if widths:
             entry["widths"] = widths
         if len(layer) > 1:  # rebased anyway: a residual stream needs one shared basis (6.5 step 4)

@@ -23,6 +23,7 @@ A sketch of ``A`` (``n x d``, one row per filter) is a matrix ``B`` of ``ell`` r
 No unit-norm rescaling (FilterSketch's ``--weight_norm_method l2``): the natural scale is kept, so
 a lossless sketch gives the layer back up to a rotation. All math is float64 on ``A``'s device.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,7 +93,7 @@ def frequent_directions(A: torch.Tensor, ell: int, variant: str = "fd") -> torch
     used, i = 0, 0
     while i < n:  # inserting a block into the zero rows == inserting its rows one by one
         take = min(cap - used, n - i)
-        buf[used:used + take] = A[i:i + take]
+        buf[used : used + take] = A[i : i + take]
         used, i = used + take, i + take
         if used == cap:
             buf, used = _shrink(buf, keep, drop_at)

@@ -12,6 +12,7 @@ The mixed set ``mix`` is the group channels that are free (not fixed by the grap
 by every slot: in a ResNet with option-A shortcuts one group spans three stages, the zero-padded
 channels are fixed, and only the first stage's channels, present everywhere, are mixed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,8 +52,11 @@ class KeptIndex:
         if key not in self.memo:
             rec = self.graph.records.get(module)
             ids = None if rec is None else {"out": rec.out, "in": rec.inp, "through": rec.through}[role]
-            self.memo[key] = (torch.from_numpy(np.flatnonzero(self.mask[ids])) if ids is not None
-                              else self.graph.kept_index(self.plan, module, role))
+            self.memo[key] = (
+                torch.from_numpy(np.flatnonzero(self.mask[ids]))
+                if ids is not None
+                else self.graph.kept_index(self.plan, module, role)
+            )
         return self.memo[key].to(device) if device is not None else self.memo[key]
 
 
@@ -108,8 +112,10 @@ def _module_problem(model: nn.Module, graph, slot, bn: str, paired: set[str]) ->
     if not module.track_running_stats:
         return f"BatchNorm {what} keeps no running statistics to re-estimate"
     if bn != "reinit" and slot.module not in paired:
-        return (f"BatchNorm {what} does not directly follow a producer of the group (it normalises a sum), "
-                f"so it cannot be folded; use bn='reinit'")
+        return (
+            f"BatchNorm {what} does not directly follow a producer of the group (it normalises a sum), "
+            f"so it cannot be folded; use bn='reinit'"
+        )
     if bn == "fold" and not module.affine:
         return f"BatchNorm {what} has no affine parameters to hold the folded scale and shift"
     return ""

@@ -12,13 +12,15 @@ Every touched module's pruned weight is recomputed from the *dense* weight, one 
 All arithmetic is float64 and cast back at the end, so positions that are only selected keep
 their exact original values (float32 -> float64 -> float32 is lossless).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from detprune_plugins.sketch.layout import GroupLayout, KeptIndex, positions
 from torch import nn
+
+from detprune_plugins.sketch.layout import GroupLayout, KeptIndex, positions
 
 
 @dataclass
@@ -44,8 +46,14 @@ def axes(rec) -> tuple[str, str | None, int, int]:
     return wname, bname, 0, 1
 
 
-def input_side(original: nn.Module, graph, kept: KeptIndex, name: str, rebases: dict[int, Rebase],
-               touched: list[torch.Tensor] | None = None) -> torch.Tensor:
+def input_side(
+    original: nn.Module,
+    graph,
+    kept: KeptIndex,
+    name: str,
+    rebases: dict[int, Rebase],
+    touched: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``name``'s dense weight (float64) with its input axis pruned: selected, or mixed by ``Q^+``
     on the slots of the groups in ``rebases``. The output axis is left whole. The pruned input
     positions that were mixed are appended to ``touched``."""
@@ -70,8 +78,9 @@ def input_side(original: nn.Module, graph, kept: KeptIndex, name: str, rebases: 
     return new.movedim(0, in_dim)
 
 
-def fold_factors(original: nn.Module, layout: GroupLayout, producer: str, bn_mode: str,
-                 device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def fold_factors(
+    original: nn.Module, layout: GroupLayout, producer: str, bn_mode: str, device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per mixed channel (in ``layout.mix`` order): the BN scale ``gamma/sqrt(var+eps)`` that folds
     into the producer's filters, and the folded shift ``beta + scale*(bias - mean)``.
 
@@ -107,8 +116,9 @@ def producer_rows(w_in: torch.Tensor, graph, layout: GroupLayout, producer: str,
     return rows * scale.reshape(-1, *([1] * (rows.dim() - 1)))
 
 
-def write_module(original: nn.Module, pruned: nn.Module, graph, kept: KeptIndex, name: str,
-                 rebases: dict[int, Rebase], bn_mode: str) -> None:
+def write_module(
+    original: nn.Module, pruned: nn.Module, graph, kept: KeptIndex, name: str, rebases: dict[int, Rebase], bn_mode: str
+) -> None:
     """Rewrite the positions of ``name``'s pruned weight (and bias) that a rebase changes, from
     the dense weight. Every other position keeps what the pruned model holds, so the edits of a
     compensator that ran before (``fold-beta``, ThiNet scaling) survive outside rebased groups."""
@@ -123,8 +133,10 @@ def write_module(original: nn.Module, pruned: nn.Module, graph, kept: KeptIndex,
     weight = getattr(target, wname)
     current = weight.detach().to(torch.float64).movedim(out_dim, 0)
     if new.shape != current.shape:
-        raise RuntimeError(f"sketch: recomputed weight of '{name}' has shape {tuple(new.shape)}, "
-                           f"the pruned model has {tuple(current.shape)}")
+        raise RuntimeError(
+            f"sketch: recomputed weight of '{name}' has shape {tuple(new.shape)}, "
+            f"the pruned model has {tuple(current.shape)}"
+        )
     mask = torch.zeros(new.shape[:2], dtype=torch.bool, device=new.device)  # [out, in] after movedim
     for dst in mixed_in:
         mask[:, dst] = True

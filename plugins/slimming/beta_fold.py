@@ -15,6 +15,7 @@ consumers without padding effects (1×1 convs, linears); for k×k convs with zer
 border pixels see fewer taps, so it is approximate there (``kernels="1x1"`` restricts it).
 Transposed convs (each output sums a position-dependent number of taps) are skipped.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,6 @@ import logging
 from typing import Any
 
 import torch
-from detprune_plugins.slimming.sites import BN_TYPES, norm_after
 from torch import nn
 
 import detprune
@@ -30,6 +30,7 @@ from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
 from detprune.plugin.context import PruneContext
 from detprune.plugin.protocols import Compensator
+from detprune_plugins.slimming.sites import BN_TYPES, norm_after
 
 log = logging.getLogger("detprune.slimming")
 
@@ -82,14 +83,23 @@ class FoldBeta(Compensator):
                 offsets[name] = _offset(original.get_submodule(name), pos, v)
         for name, off in offsets.items():
             self._apply(graph, plan, pruned, name, off)
-        log.info("fold-beta: folded act(β) into %d consumer(s), skipped %d; %d removed channel(s) without BN, "
-                 "%d not constant", len(self.report["folded"]), len(self.report["skipped"]), self.report["no_bn"],
-                 self.report["not_constant"])
+        log.info(
+            "fold-beta: folded act(β) into %d consumer(s), skipped %d; %d removed channel(s) without BN, "
+            "%d not constant",
+            len(self.report["folded"]),
+            len(self.report["skipped"]),
+            self.report["no_bn"],
+            self.report["not_constant"],
+        )
 
     def _why_skip(self, module: nn.Module) -> str:
         if isinstance(module, nn.modules.conv._ConvTransposeNd):
             return "transposed conv: a constant input gives a position-dependent output"
-        if isinstance(module, nn.modules.conv._ConvNd) and self.kernels == "1x1" and any(k != 1 for k in module.kernel_size):
+        if (
+            isinstance(module, nn.modules.conv._ConvNd)
+            and self.kernels == "1x1"
+            and any(k != 1 for k in module.kernel_size)
+        ):
             return f"{'x'.join(map(str, module.kernel_size))} kernel (kernels='1x1')"
         if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             return f"{type(module).__name__} is not a conv or linear layer"
@@ -111,10 +121,13 @@ class FoldBeta(Compensator):
                 x = args[0].detach().float()
                 x = x.movedim(-1 if linear else 1, 0).reshape(x.shape[-1 if linear else 1], -1)
                 stats[name] = (x.mean(1).cpu(), (x.amax(1) - x.amin(1)).cpu())
+
             return fn
 
-        handles = [probe.get_submodule(n).register_forward_pre_hook(hook(n, isinstance(probe.get_submodule(n), nn.Linear)))
-                   for n in wanted]
+        handles = [
+            probe.get_submodule(n).register_forward_pre_hook(hook(n, isinstance(probe.get_submodule(n), nn.Linear)))
+            for n in wanted
+        ]
         inputs = ctx.example_inputs or graph.example_inputs
         device = next((p.device for p in probe.parameters()), torch.device("cpu"))
         try:

@@ -12,6 +12,7 @@ a histogram on fixed log bins, the share under 1e-2 and the sorted-|γ| curve (1
   ``s`` too large;
 * a sharp knee at the ratio → a clean cut; fine-tuning recovers quickly.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from detprune_plugins.slimming.threshold import global_threshold
 
 log = logging.getLogger("detprune.slimming")
@@ -34,8 +36,16 @@ def snapshot(values: torch.Tensor, ratio: float | None = None) -> dict[str, Any]
     v = values.detach().float().cpu().reshape(-1)
     n = int(v.numel())
     if n == 0:
-        return {"n": 0, "share_small": 0.0, "mean": 0.0, "median": 0.0, "hist": [0] * (len(EDGES) - 1),
-                "quantiles": [], "threshold": None, "ratio": ratio}
+        return {
+            "n": 0,
+            "share_small": 0.0,
+            "mean": 0.0,
+            "median": 0.0,
+            "hist": [0] * (len(EDGES) - 1),
+            "quantiles": [],
+            "threshold": None,
+            "ratio": ratio,
+        }
     clipped = v.clamp(max=EDGES[-1])
     hist = np.histogram(clipped.numpy(), bins=np.asarray(EDGES))[0]
     q = torch.quantile(v, torch.linspace(0, 1, QUANTILES)) if n > 1 else v.repeat(QUANTILES)
@@ -52,14 +62,22 @@ def snapshot(values: torch.Tensor, ratio: float | None = None) -> dict[str, Any]
 
 
 def describe(snap: dict[str, Any], label: str) -> str:
-    text = f"{label}: {100 * snap['share_small']:.1f}% of {snap['n']} prunable |γ| < {SMALL:g}, median {snap['median']:.3g}"
+    text = (
+        f"{label}: {100 * snap['share_small']:.1f}% of {snap['n']} prunable |γ| < {SMALL:g}, "
+        f"median {snap['median']:.3g}"
+    )
     if snap.get("threshold") is not None:
         text += f"; ratio {snap['ratio']:g} would cut at |γ| ≤ {snap['threshold']:.3g}"
     return text
 
 
-def plot(history: list[dict[str, Any]], out_dir: str | Path, ratio: float | None = None,
-         at_plan: dict[str, Any] | None = None, s: float | None = None) -> Path | None:
+def plot(
+    history: list[dict[str, Any]],
+    out_dir: str | Path,
+    ratio: float | None = None,
+    at_plan: dict[str, Any] | None = None,
+    s: float | None = None,
+) -> Path | None:
     """Write ``gamma.png`` (histograms, sorted-|γ| curves, per-epoch share and threshold); None if empty."""
     entries = [e for e in history if e.get("n")]
     if at_plan is not None and at_plan.get("n"):
@@ -80,16 +98,24 @@ def plot(history: list[dict[str, Any]], out_dir: str | Path, ratio: float | None
     xs = np.linspace(0, 1, QUANTILES)
     for i, e in enumerate(entries):
         final = e["epoch"] == "at pruning"
-        style = dict(color="black", ls="--", lw=1.6) if final else dict(color=cmap(i / max(len(entries) - 1, 1)), lw=1.2)
+        style = (
+            dict(color="black", ls="--", lw=1.6) if final else dict(color=cmap(i / max(len(entries) - 1, 1)), lw=1.2)
+        )
         label = "at pruning" if final else f"epoch {int(e['epoch']) + 1}"
         frac = np.asarray(e["hist"], dtype=float) / e["n"]
         axes[0].plot(centres, frac, label=label, **style)
         axes[1].plot(xs, np.maximum(np.asarray(e["quantiles"]), 1e-6), label=label, **style)
     axes[0].axvline(SMALL, color="gray", ls=":", lw=1)
-    axes[0].set(xscale="log", xlabel="|γ| (log bins)", ylabel="share of prunable channels", title="|γ| histogram per epoch")
+    axes[0].set(
+        xscale="log", xlabel="|γ| (log bins)", ylabel="share of prunable channels", title="|γ| histogram per epoch"
+    )
     axes[1].axhline(SMALL, color="gray", ls=":", lw=1)
-    axes[1].set(yscale="log", xlabel="fraction of prunable channels (sorted by |γ|)", ylabel="|γ|",
-                title="sorted |γ|: a knee at the ratio = a clean cut")
+    axes[1].set(
+        yscale="log",
+        xlabel="fraction of prunable channels (sorted by |γ|)",
+        ylabel="|γ|",
+        title="sorted |γ|: a knee at the ratio = a clean cut",
+    )
     last = entries[-1]
     ratio = ratio if ratio is not None else last.get("ratio")
     if ratio:
@@ -104,8 +130,13 @@ def plot(history: list[dict[str, Any]], out_dir: str | Path, ratio: float | None
         axes[2].set(xlabel="epoch", ylabel=f"% of |γ| < {SMALL:g}", title="sparsity progress")
         if ratio:
             tw = axes[2].twinx()
-            tw.plot(ep, [max(_threshold(e, ratio), 1e-6) for e in trained], "s--",
-                    color="red", label=f"t at ratio {ratio:g}")
+            tw.plot(
+                ep,
+                [max(_threshold(e, ratio), 1e-6) for e in trained],
+                "s--",
+                color="red",
+                label=f"t at ratio {ratio:g}",
+            )
             tw.set(yscale="log", ylabel="threshold t")
         handles = [h for ax in fig.axes[2:] for h in ax.get_legend_handles_labels()[0]]
         axes[2].legend(handles=handles, loc="center left", fontsize=8)

@@ -16,6 +16,7 @@ Use::
     plan = pruner.plan(model, graph, PruneContext(ratio=0.5, round_to=8))
     pruner.plot(out_dir)                       # out_dir/gamma.png
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,6 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+import detprune
+from detprune.errors import DetpruneError
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
+from detprune.plugin.protocols import Criterion, Pruner
 from detprune_plugins.slimming import monitor
 from detprune_plugins.slimming.sites import (
     BN_TYPES,
@@ -33,13 +41,6 @@ from detprune_plugins.slimming.sites import (
     site_gammas,
 )
 from detprune_plugins.slimming.threshold import MODES, WIDTHS, make_plan
-from torch import nn
-
-import detprune
-from detprune.errors import DetpruneError
-from detprune.graph.plan import PruningPlan
-from detprune.plugin.context import PruneContext
-from detprune.plugin.protocols import Criterion, Pruner
 
 log = logging.getLogger("detprune.slimming")
 
@@ -54,8 +55,14 @@ class BNScale(Criterion):
 class Slimming(Pruner):
     """Network Slimming: L1 on BN scales while training, one global |γ| threshold (Liu et al. 2017)."""
 
-    def __init__(self, s: float = 1e-4, min_keep: float = 0.1, shortcut: str = "shared",
-                 shortcut_width: str = "min", ratio: float | None = None):
+    def __init__(
+        self,
+        s: float = 1e-4,
+        min_keep: float = 0.1,
+        shortcut: str = "shared",
+        shortcut_width: str = "min",
+        ratio: float | None = None,
+    ):
         """
         :param s: sparsity strength λ of §3.2 (1e-4 for VGG and SlimYOLOv3, 1e-5 for ResNet-164).
         :param min_keep: per-layer floor, the fraction of each layer's channels that always stays.
@@ -86,13 +93,13 @@ class Slimming(Pruner):
         self._traced = False
 
     # ---- which BNs --------------------------------------------------------------------------
-    def attach(self, graph) -> "Slimming":
+    def attach(self, graph) -> Slimming:
         """Use ``graph`` (the model's ChannelGraph) to tell prunable BN positions from the rest."""
         self.graph = graph
         self._targets = self._sites = None
         return self
 
-    def bind(self, ctx: PruneContext) -> "Slimming":
+    def bind(self, ctx: PruneContext) -> Slimming:
         """The run's context before training (docs/internals.md §4, pruner lifecycle): the target
         ratio for the γ log, and ``ctx.graph`` or ``ctx.adapter``'s protected layers for tracing."""
         self._ctx = ctx
@@ -119,7 +126,9 @@ class Slimming(Pruner):
             self.attach(ctx.require_graph(model))
             log.info("slimming: traced the model on %s to find its prunable BatchNorms", where)
         except DetpruneError as exc:
-            log.warning("slimming: could not trace the model (%s); the sparsity term goes on every affine BatchNorm", exc)
+            log.warning(
+                "slimming: could not trace the model (%s); the sparsity term goes on every affine BatchNorm", exc
+            )
 
     def _sites_for(self, model: nn.Module) -> list[BNSite] | None:
         if self.graph is None:
@@ -135,8 +144,10 @@ class Slimming(Pruner):
         sites = self._sites_for(model)
         if sites is None:
             if not self._warned:
-                log.warning("slimming: no channel graph (pruner.attach(graph) or pruner.bind(ctx)); the sparsity "
-                            "term goes on every affine BatchNorm, protected ones included")
+                log.warning(
+                    "slimming: no channel graph (pruner.attach(graph) or pruner.bind(ctx)); the sparsity "
+                    "term goes on every affine BatchNorm, protected ones included"
+                )
                 self._warned = True
             targets = [(m.weight, None) for m in model.modules() if isinstance(m, BN_TYPES) and m.weight is not None]
         else:
@@ -150,8 +161,11 @@ class Slimming(Pruner):
         if sites is not None:
             vals = site_gammas(model, sites)
         else:
-            vals = [m.weight.detach().abs().float().cpu() for m in model.modules()
-                    if isinstance(m, BN_TYPES) and m.weight is not None]
+            vals = [
+                m.weight.detach().abs().float().cpu()
+                for m in model.modules()
+                if isinstance(m, BN_TYPES) and m.weight is not None
+            ]
         return torch.cat(vals) if vals else torch.zeros(0)
 
     # ---- Trainer callbacks --------------------------------------------------------------------
@@ -198,21 +212,31 @@ class Slimming(Pruner):
         width = opts.get("shortcut_width") or self.shortcut_width
         min_keep = max(self.min_keep, float(ctx.min_keep or 0.0))
         sites = bn_sites(graph, model)
-        plan = make_plan(model, graph, sites, ctx.ratio, mode=mode, width=width, min_keep=min_keep,
-                         round_to=ctx.round_to)
+        plan = make_plan(
+            model, graph, sites, ctx.ratio, mode=mode, width=width, min_keep=min_keep, round_to=ctx.round_to
+        )
         plan.meta["s"] = self.s
         self.ratio = ctx.ratio
         self.at_plan = monitor.snapshot(torch.cat(site_gammas(model, sites)), ctx.ratio)
         m = plan.meta
-        log.info("slimming: asked %.3g, achieved %.3g of %d BN channels (threshold %s, shortcut %s); "
-                 "%d layer(s) at the %g floor", m["asked_ratio"], m["achieved_ratio"], m["channels"],
-                 "none" if m["threshold"] is None else f"{m['threshold']:.4g}", mode, len(m["floor_hits"]), min_keep)
+        log.info(
+            "slimming: asked %.3g, achieved %.3g of %d BN channels (threshold %s, shortcut %s); "
+            "%d layer(s) at the %g floor",
+            m["asked_ratio"],
+            m["achieved_ratio"],
+            m["channels"],
+            "none" if m["threshold"] is None else f"{m['threshold']:.4g}",
+            mode,
+            len(m["floor_hits"]),
+            min_keep,
+        )
         return plan
 
     def plot(self, out_dir: str | Path, ratio: float | None = None) -> Path | None:
         """Write ``out_dir/gamma.png``: |γ| histograms and sorted curves per epoch, threshold marked."""
-        return monitor.plot(self.history, out_dir, ratio if ratio is not None else self.ratio,
-                            at_plan=self.at_plan, s=self.s)
+        return monitor.plot(
+            self.history, out_dir, ratio if ratio is not None else self.ratio, at_plan=self.at_plan, s=self.s
+        )
 
 
 @detprune.hookimpl

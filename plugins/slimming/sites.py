@@ -8,6 +8,7 @@ penalised nor counted for the global threshold. A :class:`BNSite` is one BatchNo
 positions inside one prunable group, paired with the conv that produces its input (the layer a
 user recognises, and the producer whose own width ``--shortcut sketch`` records).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

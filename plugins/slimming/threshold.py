@@ -23,16 +23,17 @@ the layers that hit this floor are listed. Widths are rounded up to ``round_to``
 planner, which also keeps fixed channels and count constraints. The achieved ratio is reported
 over the same BN positions the threshold was taken over.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
 import torch
-from detprune_plugins.slimming.sites import BNSite, site_gammas
 
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
+from detprune_plugins.slimming.sites import BNSite, site_gammas
 
 MODES = ("shared", "union", "sketch")
 WIDTHS = ("min", "mean")
@@ -63,8 +64,16 @@ def _group_scores(size: int, items: list[tuple[BNSite, torch.Tensor]]):
     return summed, count, peak
 
 
-def make_plan(model, graph, sites: list[BNSite], ratio: float, mode: str = "shared", width: str = "min",
-              min_keep: float = 0.1, round_to: int | None = None) -> PruningPlan:
+def make_plan(
+    model,
+    graph,
+    sites: list[BNSite],
+    ratio: float,
+    mode: str = "shared",
+    width: str = "min",
+    min_keep: float = 0.1,
+    round_to: int | None = None,
+) -> PruningPlan:
     """One global threshold over all sites' |γ|, answered per group by ``mode`` (see module doc)."""
     if mode not in MODES:
         raise DetpruneError(f"slimming: shortcut must be one of {', '.join(MODES)}, got {mode!r}")
@@ -73,10 +82,14 @@ def make_plan(model, graph, sites: list[BNSite], ratio: float, mode: str = "shar
     if not 0.0 <= ratio < 1.0:
         raise DetpruneError(f"slimming: ratio is the fraction of channels removed and must be in [0, 1), got {ratio}")
     if not 0.0 <= min_keep <= 1.0:
-        raise DetpruneError(f"slimming: min_keep is a fraction of each layer's channels and must be in [0, 1], got {min_keep}")
+        raise DetpruneError(
+            f"slimming: min_keep is a fraction of each layer's channels and must be in [0, 1], got {min_keep}"
+        )
     if not sites:
-        raise DetpruneError("slimming: no BatchNorm sits in a prunable channel group of this model; Network "
-                            "Slimming ranks channels by BN scale factors (use another pruner or criterion)")
+        raise DetpruneError(
+            "slimming: no BatchNorm sits in a prunable channel group of this model; Network "
+            "Slimming ranks channels by BN scale factors (use another pruner or criterion)"
+        )
     gammas = site_gammas(model, sites)
     values = torch.cat(gammas)
     t = global_threshold(values, ratio)

@@ -6,6 +6,7 @@ consumers on the network *as pruned so far*, choose the removed channels greedil
 optionally fine-tune a few steps (the reference fine-tunes 10k iterations per layer at lr 1e-3,
 momentum 0.9, weight decay 5e-4; we run ``steps`` of the same SGD), re-zeroing after each step.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from detprune.data.collate import move_batch
+from detprune.errors import DetpruneError
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
 from detprune_plugins.common.channel_mask import ChannelMask
 from detprune_plugins.thinet.mask import thinet_mask
 from detprune_plugins.thinet.sampling import column_map, sample_consumers
@@ -23,13 +31,6 @@ from detprune_plugins.thinet.select import (
     order_scores,
     scale_inputs,
 )
-from torch import nn
-from tqdm.auto import tqdm
-
-from detprune.data.collate import move_batch
-from detprune.errors import DetpruneError
-from detprune.graph.plan import PruningPlan
-from detprune.plugin.context import PruneContext
 
 log = logging.getLogger("detprune.thinet")
 
@@ -46,8 +47,9 @@ def input_side_first(graph, groups: list) -> list:
     return sorted(groups, key=lambda g: min(graph.records[m].order for m in g.modules("out")))
 
 
-def finetune_steps(model: nn.Module, adapter: Any, loader: Any, steps: int, masks: ChannelMask,
-                   lr: float = 1e-3, progress: bool = True) -> float:
+def finetune_steps(
+    model: nn.Module, adapter: Any, loader: Any, steps: int, masks: ChannelMask, lr: float = 1e-3, progress: bool = True
+) -> float:
     """``steps`` SGD steps (momentum 0.9, wd 5e-4, as ThiNet) on ``adapter.loss``; masks re-applied after each."""
     if adapter is None:
         raise DetpruneError("thinet: layer_finetune_steps > 0 needs the model adapter's loss (ctx.adapter)")
@@ -82,9 +84,20 @@ def finetune_steps(model: nn.Module, adapter: Any, loader: Any, steps: int, mask
     return total / max(done, 1)
 
 
-def prune_layerwise(model: nn.Module, graph, groups: list, ctx: PruneContext, *, images: int, locations: int,
-                    seed: int, scale: bool = True, steps: int = 0, lr: float = 1e-3,
-                    progress: bool = True) -> LayerwiseResult:
+def prune_layerwise(
+    model: nn.Module,
+    graph,
+    groups: list,
+    ctx: PruneContext,
+    *,
+    images: int,
+    locations: int,
+    seed: int,
+    scale: bool = True,
+    steps: int = 0,
+    lr: float = 1e-3,
+    progress: bool = True,
+) -> LayerwiseResult:
     """Prune ``groups`` one at a time on ``model`` (in place: masked and rescaled); return the plan."""
     kept: dict[int, torch.Tensor] = {}
     result = LayerwiseResult(PruningPlan())
@@ -96,8 +109,9 @@ def prune_layerwise(model: nn.Module, graph, groups: list, ctx: PruneContext, *,
         samples = sample_consumers(model, cols, ctx.train_loader, images, locations, seed, progress=progress)
         G, energy = group_gram(g, samples)
         order, errors = greedy_removal(G, allowed=~g.fixed)
-        sub = graph.plan({g.id: order_scores(order, errors, g.size, energy)}, ctx.ratio,
-                         round_to=ctx.round_to, min_keep=ctx.min_keep)
+        sub = graph.plan(
+            {g.id: order_scores(order, errors, g.size, energy)}, ctx.ratio, round_to=ctx.round_to, min_keep=ctx.min_keep
+        )
         if g.id not in sub.kept:
             continue
         kept[g.id] = sub.kept[g.id]
@@ -114,8 +128,14 @@ def prune_layerwise(model: nn.Module, graph, groups: list, ctx: PruneContext, *,
         if steps:
             loss = finetune_steps(model, ctx.adapter, ctx.train_loader, steps, masks, lr=lr, progress=progress)
             result.finetune_loss.append(loss)
-            log.info("thinet: group %d (%s) keeps %d/%d, fine-tune loss %.4g", g.id, ",".join(g.modules("out")),
-                     len(kept[g.id]), g.size, loss)
+            log.info(
+                "thinet: group %d (%s) keeps %d/%d, fine-tune loss %.4g",
+                g.id,
+                ",".join(g.modules("out")),
+                len(kept[g.id]),
+                g.size,
+                loss,
+            )
     result.plan = PruningPlan(kept)
     result.scaled = list(scaled)
     return result

@@ -10,12 +10,14 @@ for 0. The masks are re-applied after every optimiser step. ``graph.apply(model,
 masked model then gives the same outputs (per-channel norms; GroupNorm over several channels mixes
 a zeroed channel into its neighbours' statistics), and the plan refers to the original graph.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
-from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
 from torch import nn
+
+from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
 
 
 def _consumer_input_mask(w: torch.Tensor, rec, dropped: np.ndarray) -> torch.Tensor:

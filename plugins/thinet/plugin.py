@@ -7,8 +7,9 @@ Three plugins share one sampler (:mod:`detprune_plugins.thinet.sampling`):
 * pruner ``thinet`` - §3.1 (framework) and §3.3 (pruning strategy): ``mode="oneshot"`` selects
   every group on the dense model; ``mode="layerwise"`` prunes group by group, input side first,
   on a masked dense model with LSQ scaling and optional short fine-tuning
-  (:mod:`detprune_plugins.thinet.layerwise`). ``scope="inner"`` (default) prunes only groups with a single producer, as the paper prunes only
-  the first two convs of each ResNet bottleneck; ``scope="all"`` also prunes coupled residual trunks
+  (:mod:`detprune_plugins.thinet.layerwise`). ``scope="inner"`` (default) prunes only groups with a
+  single producer, as the paper prunes only the first two convs of each ResNet bottleneck;
+  ``scope="all"`` also prunes coupled residual trunks
   (rows from every consumer of the trunk, channels removed from every producer);
 * compensator ``thinet-lsq`` - §3.2 ("minimize the reconstruction error"): least-squares scales
   of every consumer's kept input channels, folded into the pruned model's weights.
@@ -24,14 +25,23 @@ retrained model) the compensator re-samples deterministically with the same seed
 in ``plan.meta`` (it must stay JSON for recipes) or in ``ctx.options`` (user settings), and
 ``thinet-lsq`` also works after any other pruner.
 """
+
 from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import torch
+from torch import nn
+
+import detprune
+from detprune.errors import DetpruneError
+from detprune.graph.plan import PruningPlan
+from detprune.plugin.context import PruneContext
+from detprune.plugin.protocols import Compensator, Criterion, Pruner
 from detprune_plugins.thinet.layerwise import prune_layerwise
 from detprune_plugins.thinet.sampling import (
     ConsumerSamples,
@@ -46,13 +56,6 @@ from detprune_plugins.thinet.select import (
     order_scores,
     scale_inputs,
 )
-from torch import nn
-
-import detprune
-from detprune.errors import DetpruneError
-from detprune.graph.plan import PruningPlan
-from detprune.plugin.context import PruneContext
-from detprune.plugin.protocols import Compensator, Criterion, Pruner
 
 log = logging.getLogger("detprune.thinet")
 
@@ -108,10 +111,19 @@ class SampleCache:
     """ThiNet samples per model object (held weakly), reused while its weights are unchanged."""
 
     def __init__(self) -> None:
-        self._store: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Entry]]" = weakref.WeakKeyDictionary()
+        self._store: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Entry]] = weakref.WeakKeyDictionary()
 
-    def get(self, model: nn.Module, records: dict, modules: Iterable[str], loader: Any, images: int,
-            locations: int, seed: int, progress: bool = True) -> dict[str, ConsumerSamples]:
+    def get(
+        self,
+        model: nn.Module,
+        records: dict,
+        modules: Iterable[str],
+        loader: Any,
+        images: int,
+        locations: int,
+        seed: int,
+        progress: bool = True,
+    ) -> dict[str, ConsumerSamples]:
         modules = list(dict.fromkeys(modules))
         key = (images, locations, seed, id(loader))
         digest = weights_digest(model)
@@ -158,8 +170,19 @@ def group_scores(group, samples: dict[str, ConsumerSamples]) -> torch.Tensor:
 class ThiNetCriterion(Criterion):
     """ThiNet greedy reconstruction order: channels the next layer misses least score lowest (Luo et al. 2017, §3.2)."""
 
-    def __init__(self, images: int = DEFAULT_IMAGES, locations: int = DEFAULT_LOCATIONS, seed: int | None = None,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        images: int = DEFAULT_IMAGES,
+        locations: int = DEFAULT_LOCATIONS,
+        seed: int | None = None,
+        progress: bool = True,
+    ) -> None:
+        """
+        :param images: training images sampled per decision (``ctx.train_loader``; the paper: 10 per class).
+        :param locations: random (location, output filter) samples per image (10 in the paper).
+        :param seed: sampling seed; default ``ctx.seed``.
+        :param progress: show a progress bar while sampling.
+        """
         self.images, self.locations = _int("images", images, 1), _int("locations", locations, 1)
         self.seed = None if seed is None else _int("seed", seed, 0)
         self.progress = _bool("progress", progress)
@@ -171,14 +194,17 @@ class ThiNetCriterion(Criterion):
         names = list(dict.fromkeys(names))
         cols = {m: column_map(graph.records[m].inp) for m in names}
         seed = ctx.seed if self.seed is None else self.seed
-        self._samples = sample_consumers(model, cols, ctx.train_loader, self.images, self.locations, seed,
-                                         progress=self.progress and ctx.progress)
+        self._samples = sample_consumers(
+            model, cols, ctx.train_loader, self.images, self.locations, seed, progress=self.progress and ctx.progress
+        )
 
     def score(self, model: nn.Module, group, ctx: PruneContext) -> torch.Tensor:
         why = consumer_problem(group, model)
         if why:
-            raise DetpruneError(f"criterion 'thinet' cannot score group {group.id} ({', '.join(group.modules('out'))}): "
-                                f"{why}; the 'thinet' pruner leaves such groups unpruned")
+            raise DetpruneError(
+                f"criterion 'thinet' cannot score group {group.id} ({', '.join(group.modules('out'))}): "
+                f"{why}; the 'thinet' pruner leaves such groups unpruned"
+            )
         if self._samples is None or any(s.module not in self._samples for s in group.consumers):
             self.prepare(model, ctx.require_graph(model), ctx)  # used without prepare(): sample now
         return group_scores(group, self._samples)
@@ -194,11 +220,20 @@ def _achieved(groups: list, plan: PruningPlan) -> float:
 
 
 class ThiNet(Pruner):
-    """ThiNet: keep the channels that best reconstruct the next layer's output; one-shot or layer by layer (Luo et al. 2017)."""
+    """ThiNet: keep the channels that best reconstruct the next layer's output; one-shot or layer by layer (Luo et al. 2017)."""  # noqa: E501 - the first line is the plugin's one-line description
 
-    def __init__(self, images: int = DEFAULT_IMAGES, locations: int = DEFAULT_LOCATIONS, seed: int | None = None,
-                 mode: str = "oneshot", layer_finetune_steps: int = 0, scope: str = "inner", scale: bool = True,
-                 finetune_lr: float = 1e-3, progress: bool = True) -> None:
+    def __init__(
+        self,
+        images: int = DEFAULT_IMAGES,
+        locations: int = DEFAULT_LOCATIONS,
+        seed: int | None = None,
+        mode: str = "oneshot",
+        layer_finetune_steps: int = 0,
+        scope: str = "inner",
+        scale: bool = True,
+        finetune_lr: float = 1e-3,
+        progress: bool = True,
+    ) -> None:
         """
         :param images: training images sampled per decision (the paper: 10 per class of ImageNet).
         :param locations: random (location, output filter) samples per image (10 in the paper).
@@ -209,6 +244,7 @@ class ThiNet(Pruner):
         :param scope: ``"inner"`` (groups with one producer: the paper's ResNet rule) or ``"all"``.
         :param scale: layerwise mode: fold the least-squares scales into the consumers as each group goes.
         :param finetune_lr: learning rate of the per-group fine-tune (the paper's 1e-3).
+        :param progress: show progress bars while sampling and fine-tuning.
         """
         self.images, self.locations = _int("images", images, 1), _int("locations", locations, 1)
         self.seed = None if seed is None else _int("seed", seed, 0)
@@ -242,27 +278,55 @@ class ThiNet(Pruner):
         scaled: list[str] = []
         if self.mode == "layerwise":
             if ctx.global_ranking:
-                raise ThiNetOptionError("thinet mode 'layerwise' prunes each group at the asked ratio; "
-                                        "global ranking needs mode 'oneshot'")
-            res = prune_layerwise(model, graph, groups, ctx, images=self.images, locations=self.locations, seed=seed,
-                                  scale=self.scale, steps=self.steps, lr=self.lr, progress=self.progress and ctx.progress)
+                raise ThiNetOptionError(
+                    "thinet mode 'layerwise' prunes each group at the asked ratio; global ranking needs mode 'oneshot'"
+                )
+            res = prune_layerwise(
+                model,
+                graph,
+                groups,
+                ctx,
+                images=self.images,
+                locations=self.locations,
+                seed=seed,
+                scale=self.scale,
+                steps=self.steps,
+                lr=self.lr,
+                progress=self.progress and ctx.progress,
+            )
             plan, scaled = res.plan, res.scaled
             if res.finetune_loss:
                 plan.meta["thinet_finetune_loss"] = [round(v, 6) for v in res.finetune_loss]
         else:
             consumers = [s.module for g in groups for s in g.consumers]
-            samples = CACHE.get(model, graph.records, consumers, ctx.train_loader, self.images, self.locations, seed,
-                                progress=self.progress and ctx.progress)
+            samples = CACHE.get(
+                model,
+                graph.records,
+                consumers,
+                ctx.train_loader,
+                self.images,
+                self.locations,
+                seed,
+                progress=self.progress and ctx.progress,
+            )
             scores = {g.id: group_scores(g, samples) for g in groups}
-            plan = graph.plan(scores, ctx.ratio, round_to=ctx.round_to, global_ranking=ctx.global_ranking,
-                              min_keep=ctx.min_keep)
+            plan = graph.plan(
+                scores, ctx.ratio, round_to=ctx.round_to, global_ranking=ctx.global_ranking, min_keep=ctx.min_keep
+            )
         plan.meta.update(
-            pruner="thinet", criterion="thinet", mode=self.mode, scope=self.scope, asked_ratio=float(ctx.ratio),
-            achieved_ratio=_achieved(graph.prunable_groups(), plan), groups_pruned=len(plan.kept),
+            pruner="thinet",
+            criterion="thinet",
+            mode=self.mode,
+            scope=self.scope,
+            asked_ratio=float(ctx.ratio),
+            achieved_ratio=_achieved(graph.prunable_groups(), plan),
+            groups_pruned=len(plan.kept),
             global_ranking=bool(ctx.global_ranking),
             thinet_sampling={"images": self.images, "locations": self.locations, "seed": seed},
-            thinet_skipped=skipped, thinet_scaled=scaled,
-            layer_finetune_steps=self.steps if self.mode == "layerwise" else 0)
+            thinet_skipped=skipped,
+            thinet_scaled=scaled,
+            layer_finetune_steps=self.steps if self.mode == "layerwise" else 0,
+        )
         return plan
 
 
@@ -279,9 +343,16 @@ def _in_axis(module: nn.Module) -> int:
 class ThiNetLSQ(Compensator):
     """ThiNet least-squares scaling of every consumer's kept input channels (Luo et al. 2017, §3.2)."""
 
-    def __init__(self, images: int | None = None, locations: int | None = None, seed: int | None = None,
-                 progress: bool = True) -> None:
-        """Sampling settings default to the ``thinet`` pruner's (``plan.meta``), else 256 images x 10."""
+    def __init__(
+        self, images: int | None = None, locations: int | None = None, seed: int | None = None, progress: bool = True
+    ) -> None:
+        """Sampling settings default to the ``thinet`` pruner's (``plan.meta``), else 256 images x 10.
+
+        :param images: training images sampled (default: the ``thinet`` pruner's, from ``plan.meta``, else 256).
+        :param locations: samples per image (default: the pruner's, else 10).
+        :param seed: sampling seed (default: the pruner's, else ``ctx.seed``).
+        :param progress: show a progress bar while sampling.
+        """
         self.images = None if images is None else _int("images", images, 1)
         self.locations = None if locations is None else _int("locations", locations, 1)
         self.seed = None if seed is None else _int("seed", seed, 0)
@@ -303,8 +374,10 @@ class ThiNetLSQ(Compensator):
                 continue
             have = _in_axis(pruned.get_submodule(rec.name))
             if have != len(kept):
-                raise DetpruneError(f"thinet-lsq: pruned module '{rec.name}' has {have} input channels but the plan keeps "
-                                    f"{len(kept)}: compensate the model made from this plan")
+                raise DetpruneError(
+                    f"thinet-lsq: pruned module '{rec.name}' has {have} input channels but the plan keeps "
+                    f"{len(kept)}: compensate the model made from this plan"
+                )
             work[rec.name] = kept
         if not work:
             return
@@ -312,8 +385,16 @@ class ThiNetLSQ(Compensator):
         images = self.images or int(meta.get("images", DEFAULT_IMAGES))
         locations = self.locations or int(meta.get("locations", DEFAULT_LOCATIONS))
         seed = self.seed if self.seed is not None else int(meta.get("seed", ctx.seed))
-        samples = CACHE.get(original, graph.records, list(work), ctx.train_loader, images, locations, seed,
-                            progress=self.progress and ctx.progress)
+        samples = CACHE.get(
+            original,
+            graph.records,
+            list(work),
+            ctx.train_loader,
+            images,
+            locations,
+            seed,
+            progress=self.progress and ctx.progress,
+        )
         for name, kept in work.items():
             scale_inputs(pruned.get_submodule(name), consumer_scales(samples[name], kept))
 

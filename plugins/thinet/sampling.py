@@ -17,13 +17,15 @@ channel id (flatten -> Linear) are summed into one column, because ThiNet keeps 
 channels. ``y`` is read from the layer's real output (minus bias), so ``X.sum(1) == y`` is a check
 of the decomposition, not an assumption.
 """
+
 from __future__ import annotations
 
 import contextlib
 import random
 import zlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,8 +183,10 @@ class _Sampler:
         else:
             axis_len, dims = x.shape[1], tuple(out.shape[-2:])
         if axis_len != len(self.cols):
-            raise SamplingError(f"consumer '{self.name}' sees {axis_len} input channels, the graph says {len(self.cols)}: "
-                                "sample the model the graph was traced from")
+            raise SamplingError(
+                f"consumer '{self.name}' sees {axis_len} input channels, the graph says {len(self.cols)}: "
+                "sample the model the graph was traced from"
+            )
         n = B * L
         draws = [torch.randint(0, int(s), (n,), generator=self.gen) for s in dims]
         o = torch.randint(0, out.shape[-1] if isinstance(m, nn.Linear) else out.shape[1], (n,), generator=self.gen)
@@ -220,14 +224,22 @@ def batch_images(batch: Any) -> torch.Tensor:
         for key in ("images", "image", "img"):
             if torch.is_tensor(batch.get(key)):
                 return batch[key]
-    raise SamplingError(f"cannot find the images in a loader batch of type {type(batch).__name__}: "
-                        "expected (images, targets, ...) or an image tensor")
+    raise SamplingError(
+        f"cannot find the images in a loader batch of type {type(batch).__name__}: "
+        "expected (images, targets, ...) or an image tensor"
+    )
 
 
 @torch.no_grad()
-def sample_consumers(model: nn.Module, columns: Mapping[str, torch.Tensor], loader: Iterable[Any] | None,
-                     images: int = 256, locations: int = 10, seed: int = 0, progress: bool = True,
-                     ) -> dict[str, ConsumerSamples]:
+def sample_consumers(
+    model: nn.Module,
+    columns: Mapping[str, torch.Tensor],
+    loader: Iterable[Any] | None,
+    images: int = 256,
+    locations: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, ConsumerSamples]:
     """Run ``images`` training images through ``model`` (eval mode) and sample every named consumer.
 
     :param columns: consumer module name -> column of each of its input positions (:func:`column_map`).
@@ -237,8 +249,10 @@ def sample_consumers(model: nn.Module, columns: Mapping[str, torch.Tensor], load
     batch, so sampling the first layers of a deep network costs only those layers.
     """
     if loader is None:
-        raise SamplingError("ThiNet samples activations on training images: no training loader was given "
-                            "(pass --data, or ctx.train_loader)")
+        raise SamplingError(
+            "ThiNet samples activations on training images: no training loader was given "
+            "(pass --data, or ctx.train_loader)"
+        )
     if images < 1 or locations < 1:
         raise SamplingError(f"ThiNet needs images >= 1 and locations >= 1, got images={images}, locations={locations}")
     samplers: dict[str, _Sampler] = {}
@@ -257,6 +271,7 @@ def sample_consumers(model: nn.Module, columns: Mapping[str, torch.Tensor], load
             sampler(module, args, out)
             if expected is not None and all(s.calls >= expected[n] for n, s in samplers.items()):
                 raise _Enough
+
         return hook
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -269,10 +284,8 @@ def sample_consumers(model: nn.Module, columns: Mapping[str, torch.Tensor], load
                 x = batch_images(batch)[: images - seen].to(device)
                 for s in samplers.values():
                     s.calls = 0
-                try:
+                with contextlib.suppress(_Enough):
                     model(x)
-                except _Enough:
-                    pass
                 if expected is None:
                     expected = {n: s.calls for n, s in samplers.items()}
                 seen += x.shape[0]

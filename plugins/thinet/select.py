@@ -10,12 +10,14 @@ Luo et al., ThiNet (ICCV 2017, arXiv 1707.06342):
 * §3.2 (minimize the reconstruction error): with S the kept channels,
   ``ŵ = argmin_w ‖ŷ - X̂_S w‖²`` and consumer input channel c ∈ S is multiplied by ``ŵ_c``.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
-from detprune_plugins.thinet.sampling import ConsumerSamples
 from torch import nn
+
+from detprune_plugins.thinet.sampling import ConsumerSamples
 
 
 def group_columns(slot, samples: ConsumerSamples) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ torch thread) and trains briefly: its numbers are a smoke test of the claim, not
 
     python -m detprune.bench.fidelity.autoslim [--full] [--json]
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,10 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detprune_plugins.autoslim.flops import FlopModel
-from detprune_plugins.autoslim.pruner import AutoSlim
-from detprune_plugins.autoslim.score import take_batches
-from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
 from torch.utils.data import Dataset, TensorDataset
 
 import detprune
@@ -39,11 +36,41 @@ from detprune.graph import trace
 from detprune.plugin.context import PruneContext
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.autoslim.flops import FlopModel
+from detprune_plugins.autoslim.pruner import AutoSlim
+from detprune_plugins.autoslim.score import take_batches
+from detprune_plugins.autoslim.slimmable import Slimmable, calibrate_bn
 
-QUICK = dict(width=0.125, n_train=2560, n_search=256, n_test=1000, epochs=6, batch=64, lr=0.1, budgets=(0.5,),
-             score_batches=2, calib_batches=4, bn="batch", finetune_epochs=0, threads=1)
-FULL = dict(width=0.5, n_train=None, n_search=500, n_test=None, epochs=60, batch=128, lr=0.1, budgets=(0.5, 0.3),
-            score_batches=4, calib_batches=8, bn="calibrate", finetune_epochs=10, threads=None)
+QUICK = dict(
+    width=0.125,
+    n_train=2560,
+    n_search=256,
+    n_test=1000,
+    epochs=6,
+    batch=64,
+    lr=0.1,
+    budgets=(0.5,),
+    score_batches=2,
+    calib_batches=4,
+    bn="batch",
+    finetune_epochs=0,
+    threads=1,
+)
+FULL = dict(
+    width=0.5,
+    n_train=None,
+    n_search=500,
+    n_test=None,
+    epochs=60,
+    batch=128,
+    lr=0.1,
+    budgets=(0.5, 0.3),
+    score_batches=4,
+    calib_batches=8,
+    bn="calibrate",
+    finetune_epochs=10,
+    threads=None,
+)
 
 
 def _data(cfg: dict[str, Any]) -> tuple[Dataset, TensorDataset, TensorDataset, str]:
@@ -51,8 +78,12 @@ def _data(cfg: dict[str, Any]) -> tuple[Dataset, TensorDataset, TensorDataset, s
         n_search = cfg["n_search"]
         train = cifar("train", cfg["n_train"], skip=n_search // 10)  # the first files of each class are held out
         return train, cifar("train", n_search), cifar("test", cfg["n_test"]), "cifar10-sample"
-    return (synthetic(cfg["n_train"] or 4500, 1), synthetic(cfg["n_search"], 3), synthetic(cfg["n_test"] or 2000, 2),
-            "synthetic gratings")
+    return (
+        synthetic(cfg["n_train"] or 4500, 1),
+        synthetic(cfg["n_search"], 3),
+        synthetic(cfg["n_test"] or 2000, 2),
+        "synthetic gratings",
+    )
 
 
 def _uniform(slim: Slimmable, flops: FlopModel, budget: float) -> tuple[dict[int, int], float]:
@@ -81,18 +112,41 @@ def run(quick: bool = True) -> list[dict[str, Any]]:
         test = make_loader(test_ds, 256, train=False)
         budgets = tuple(cfg["budgets"])
         with tempfile.TemporaryDirectory() as tmp:
-            pruner = AutoSlim(flops=budgets, bn=cfg["bn"], score_batches=cfg["score_batches"],
-                              calib_batches=cfg["calib_batches"], state=str(Path(tmp) / "search.json"), progress=False)
-            Trainer(model, adapter, train, None, epochs=cfg["epochs"], out_dir=Path(tmp) / "supernet", pruner=pruner,
-                    lr=cfg["lr"], warmup_epochs=0.5, progress=False, device=device).fit()
+            pruner = AutoSlim(
+                flops=budgets,
+                bn=cfg["bn"],
+                score_batches=cfg["score_batches"],
+                calib_batches=cfg["calib_batches"],
+                state=str(Path(tmp) / "search.json"),
+                progress=False,
+            )
+            Trainer(
+                model,
+                adapter,
+                train,
+                None,
+                epochs=cfg["epochs"],
+                out_dir=Path(tmp) / "supernet",
+                pruner=pruner,
+                lr=cfg["lr"],
+                warmup_epochs=0.5,
+                progress=False,
+                device=device,
+            ).fit()
             inputs = tuple(t.to(device) for t in adapter.example_inputs(1))
             graph = trace(model, inputs, protected=adapter.protected(model))
             slim, flops = Slimmable(model, graph), FlopModel(model, graph, inputs)
             calib = [b[0].to(device) for b in take_batches(plain, cfg["calib_batches"], seed=1)]
             rows = []
             for budget in budgets:
-                ctx = PruneContext(example_inputs=inputs, adapter=adapter, train_loader=plain, val_loader=search,
-                                   device=torch.device(device), options={"select": budget})
+                ctx = PruneContext(
+                    example_inputs=inputs,
+                    adapter=adapter,
+                    train_loader=plain,
+                    val_loader=search,
+                    device=torch.device(device),
+                    options={"select": budget},
+                )
                 plan = pruner.plan(model, graph, ctx)  # the first call searches, later ones resume the done search
                 found = graph.apply(model, plan)
                 ucfg, ufrac = _uniform(slim, flops, budget)
@@ -103,21 +157,39 @@ def run(quick: bool = True) -> list[dict[str, Any]]:
                 if cfg["finetune_epochs"]:
                     tuned = []
                     for name, m in (("autoslim", found), ("uniform", uniform)):
-                        Trainer(m, adapter, train, None, epochs=cfg["finetune_epochs"], lr=cfg["lr"] / 10,
-                                out_dir=Path(tmp) / f"ft-{name}-{budget}", progress=False, device=device).fit()
+                        Trainer(
+                            m,
+                            adapter,
+                            train,
+                            None,
+                            epochs=cfg["finetune_epochs"],
+                            lr=cfg["lr"] / 10,
+                            out_dir=Path(tmp) / f"ft-{name}-{budget}",
+                            progress=False,
+                            device=device,
+                        ).fit()
                         tuned.append(evaluate_classifier(m, test, progress=False)["top1"])
-                    note = f"; after {cfg['finetune_epochs']} fine-tune epochs: autoslim {tuned[0]:.4f}, uniform {tuned[1]:.4f}"
-                rows.append({
-                    "method": "autoslim", "baseline": "uniform width",
-                    "metric": f"top1 @ {budget:g} FLOPs (supernet weights, BN recalibrated)",
-                    "method_value": round(values[0], 4), "baseline_value": round(values[1], 4),
-                    "notes": (f"vgg16-cifar width {cfg['width']}, {source}, {len(train_ds)} train / {len(search_ds)} "
-                              f"search / {len(test_ds)} test images, {cfg['epochs']} sandwich epochs; FLOPs kept "
-                              f"autoslim {plan.meta['flops_fraction']:.3f}, uniform {ufrac:.3f} "
-                              f"(uniform keeps {_uniform_pct(slim, ucfg)}% of the channels); "
-                              f"{plan.meta['search_steps']} greedy steps, bn={cfg['bn']}{note}; "
-                              f"{time.perf_counter() - t0:.0f}s"),
-                })
+                    note = (
+                        f"; after {cfg['finetune_epochs']} fine-tune epochs: "
+                        f"autoslim {tuned[0]:.4f}, uniform {tuned[1]:.4f}"
+                    )
+                rows.append(
+                    {
+                        "method": "autoslim",
+                        "baseline": "uniform width",
+                        "metric": f"top1 @ {budget:g} FLOPs (supernet weights, BN recalibrated)",
+                        "method_value": round(values[0], 4),
+                        "baseline_value": round(values[1], 4),
+                        "notes": (
+                            f"vgg16-cifar width {cfg['width']}, {source}, {len(train_ds)} train / {len(search_ds)} "
+                            f"search / {len(test_ds)} test images, {cfg['epochs']} sandwich epochs; FLOPs kept "
+                            f"autoslim {plan.meta['flops_fraction']:.3f}, uniform {ufrac:.3f} "
+                            f"(uniform keeps {_uniform_pct(slim, ucfg)}% of the channels); "
+                            f"{plan.meta['search_steps']} greedy steps, bn={cfg['bn']}{note}; "
+                            f"{time.perf_counter() - t0:.0f}s"
+                        ),
+                    }
+                )
         return rows
 
 
@@ -125,7 +197,6 @@ def _uniform_pct(slim: Slimmable, cfg: dict[int, int]) -> int:
     kept = sum(slim.levels[u][cfg[u] - 1] for u in slim.units)
     total = sum(slim.levels[u][-1] for u in slim.units)
     return round(100 * kept / total)
-
 
 
 if __name__ == "__main__":

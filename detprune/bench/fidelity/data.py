@@ -7,10 +7,12 @@ for several epochs on a few thousand 32x32 images, so decoding JPEGs once pays f
 
     from detprune.bench.fidelity.data import CIFAR, cifar, synthetic, train_test, Flip
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -28,7 +30,7 @@ def cifar(split: str, n: int | None, skip: int = 0) -> TensorDataset:
     for i, (_, label) in enumerate(ds.samples):
         per_class.setdefault(int(label), []).append(i)
     k = None if n is None else n // len(per_class)
-    take = sorted(i for idx in per_class.values() for i in idx[skip: None if k is None else skip + k])
+    take = sorted(i for idx in per_class.values() for i in idx[skip : None if k is None else skip + k])
     return TensorDataset(torch.stack([ds[i][0] for i in take]), torch.tensor([int(ds.samples[i][1]) for i in take]))
 
 

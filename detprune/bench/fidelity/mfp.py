@@ -18,6 +18,7 @@ setting) belongs on a GPU.
 
     python -m detprune.bench.fidelity.mfp [--full] [--json]
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 
 import detprune
 from detprune.bench.fidelity.data import bench_threads, train_test
@@ -36,21 +36,62 @@ from detprune.graph import trace
 from detprune.plugin.context import PruneContext
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 
-QUICK = dict(model="vgg16-cifar", args=dict(width=0.125), n_train=2500, n_test=1000, dense_epochs=8,
-             soft_epochs=3, ratio=0.4, batch=64, lr=0.05, soft_lr=0.01, threads=1, mask_bn=True)
-FULL = dict(model="resnet56-cifar", args=dict(width=1.0), n_train=None, n_test=None, dense_epochs=60,
-            soft_epochs=30, ratio=0.4, batch=128, lr=0.1, soft_lr=0.01, threads=None, mask_bn=True)
+QUICK = dict(
+    model="vgg16-cifar",
+    args=dict(width=0.125),
+    n_train=2500,
+    n_test=1000,
+    dense_epochs=8,
+    soft_epochs=3,
+    ratio=0.4,
+    batch=64,
+    lr=0.05,
+    soft_lr=0.01,
+    threads=1,
+    mask_bn=True,
+)
+FULL = dict(
+    model="resnet56-cifar",
+    args=dict(width=1.0),
+    n_train=None,
+    n_test=None,
+    dense_epochs=60,
+    soft_epochs=30,
+    ratio=0.4,
+    batch=128,
+    lr=0.1,
+    soft_lr=0.01,
+    threads=None,
+    mask_bn=True,
+)
 
 
 def _soft_prune(dense_state, adapter, train, test, criteria, cfg, out: Path) -> tuple[float, MFP, dict]:
     model = adapter.build()
     model.load_state_dict(dense_state)
-    ctx = PruneContext(example_inputs=adapter.example_inputs(1), ratio=cfg["ratio"], adapter=adapter,
-                       train_loader=train, val_loader=test)
+    ctx = PruneContext(
+        example_inputs=adapter.example_inputs(1),
+        ratio=cfg["ratio"],
+        adapter=adapter,
+        train_loader=train,
+        val_loader=test,
+    )
     pruner = MFP(criteria=criteria, mask_bn=cfg["mask_bn"], progress=False).bind(ctx)
-    Trainer(model, adapter, train, None, epochs=cfg["soft_epochs"], out_dir=out, pruner=pruner, lr=cfg["soft_lr"],
-            warmup_epochs=0, progress=False, seed=0).fit()
+    Trainer(
+        model,
+        adapter,
+        train,
+        None,
+        epochs=cfg["soft_epochs"],
+        out_dir=out,
+        pruner=pruner,
+        lr=cfg["soft_lr"],
+        warmup_epochs=0,
+        progress=False,
+        seed=0,
+    ).fit()
     model.eval()
     graph = trace(model, ctx.example_inputs, protected=tuple(adapter.protected(model)))
     plan = pruner.plan(model, graph, ctx)
@@ -73,8 +114,17 @@ def run(quick: bool = True) -> list[dict]:
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tmp:
             dense = adapter.build()
-            Trainer(dense, adapter, train, None, epochs=cfg["dense_epochs"], out_dir=Path(tmp) / "dense", lr=cfg["lr"],
-                    progress=False, seed=0).fit()
+            Trainer(
+                dense,
+                adapter,
+                train,
+                None,
+                epochs=cfg["dense_epochs"],
+                out_dir=Path(tmp) / "dense",
+                lr=cfg["lr"],
+                progress=False,
+                seed=0,
+            ).fit()
             dense_top1 = evaluate_classifier(dense, test, progress=False)["top1"]
             state = {k: v.clone() for k, v in dense.state_dict().items()}
             results = {}
@@ -83,14 +133,23 @@ def run(quick: bool = True) -> list[dict]:
                 results[name] = _soft_prune(state, adapter, train, test, criteria, cfg, Path(tmp) / name)
         mfp_top1, mfp, info = results["mfp"]
         trace_ = " ".join(f"e{e + 1}:{c}" for e, c in mfp.chosen())
-        common = (f"{cfg['model']} {cfg['args']} on {source} ({len(train_ds)} train / {len(test_ds)} test), "
-                  f"dense {cfg['dense_epochs']} ep top1 {dense_top1:.4f}; soft pruning {cfg['soft_epochs']} ep at "
-                  f"ratio {cfg['ratio']} (mask_bn={cfg['mask_bn']}), no fine-tune; mfp chose [{trace_}]; "
-                  f"pruned params {info['params']}; {time.perf_counter() - t0:.0f}s total")
-        return [{"method": "mfp", "baseline": f"sfp-{name}", "metric": "top1", "method_value": round(mfp_top1, 4),
-                 "baseline_value": round(results[name][0], 4), "notes": common}
-                for name in DEFAULT_CRITERIA]
-
+        common = (
+            f"{cfg['model']} {cfg['args']} on {source} ({len(train_ds)} train / {len(test_ds)} test), "
+            f"dense {cfg['dense_epochs']} ep top1 {dense_top1:.4f}; soft pruning {cfg['soft_epochs']} ep at "
+            f"ratio {cfg['ratio']} (mask_bn={cfg['mask_bn']}), no fine-tune; mfp chose [{trace_}]; "
+            f"pruned params {info['params']}; {time.perf_counter() - t0:.0f}s total"
+        )
+        return [
+            {
+                "method": "mfp",
+                "baseline": f"sfp-{name}",
+                "metric": "top1",
+                "method_value": round(mfp_top1, 4),
+                "baseline_value": round(results[name][0], 4),
+                "notes": common,
+            }
+            for name in DEFAULT_CRITERIA
+        ]
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ full protocols belong on a GPU. A method that fails is reported (``errors``) and
     detprune bench fidelity --quick [--json] [--methods thinet,sketch] [--set sketch.epochs=2]
     detprune bench fidelity --quick --json      # the same, from the CLI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,10 @@ def parse_methods(text: str | None) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in METHODS]
     if unknown or not names:
-        raise FidelityError(f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none given)'}; "
-                            f"choose from {', '.join(METHODS)}")
+        raise FidelityError(
+            f"--methods: unknown method {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(METHODS)}"
+        )
     return list(dict.fromkeys(names))
 
 
@@ -81,8 +84,9 @@ def changes_for(module, name: str, quick: bool, overrides: dict[str, Any], threa
         raise FidelityError(f"method {name!r}: its module has no {'QUICK' if quick else 'FULL'} dict to override")
     unknown = [k for k in changes if k not in cfg]
     if unknown:
-        raise FidelityError(f"--set {name}.{unknown[0]}: {name} has no setting {unknown[0]!r}; "
-                            f"its settings: {', '.join(cfg)}")
+        raise FidelityError(
+            f"--set {name}.{unknown[0]}: {name} has no setting {unknown[0]!r}; its settings: {', '.join(cfg)}"
+        )
     return changes
 
 
@@ -97,8 +101,13 @@ def check_rows(name: str, rows: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def run_all(methods: list[str], quick: bool = True, overrides: dict[str, dict[str, Any]] | None = None,
-            threads: int | None = None, progress: bool = True) -> dict[str, Any]:
+def run_all(
+    methods: list[str],
+    quick: bool = True,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run each method's row module in turn; ``{"rows", "quick", "methods", "seconds", "total_seconds", "errors"}``.
 
     Each row is the module's, plus ``benchmark`` (the method name that produced it) and ``better``
@@ -121,7 +130,9 @@ def run_all(methods: list[str], quick: bool = True, overrides: dict[str, dict[st
         cfg.update(changes[name])
         start = time.perf_counter()
         try:
-            rows += [{**row, "benchmark": name, "better": better(row)} for row in check_rows(name, module.run(quick=quick))]
+            rows += [
+                {**row, "benchmark": name, "better": better(row)} for row in check_rows(name, module.run(quick=quick))
+            ]
         except Exception as exc:  # noqa: BLE001 - one broken method must not hide the others' results
             errors[name] = f"{type(exc).__name__}: {exc}"
             if progress:
@@ -130,10 +141,19 @@ def run_all(methods: list[str], quick: bool = True, overrides: dict[str, dict[st
             seconds[name] = round(time.perf_counter() - start, 1)
             cfg.update(old)
         if progress:
-            bar.write(f"[fidelity] {name}: {seconds[name]:.0f} s" + (f" - FAILED {errors[name]}" if name in errors else ""),
-                      file=sys.stderr)
-    return {"rows": rows, "quick": quick, "methods": methods, "threads": threads, "seconds": seconds,
-            "total_seconds": round(time.perf_counter() - t0, 1), "errors": errors}
+            bar.write(
+                f"[fidelity] {name}: {seconds[name]:.0f} s" + (f" - FAILED {errors[name]}" if name in errors else ""),
+                file=sys.stderr,
+            )
+    return {
+        "rows": rows,
+        "quick": quick,
+        "methods": methods,
+        "threads": threads,
+        "seconds": seconds,
+        "total_seconds": round(time.perf_counter() - t0, 1),
+        "errors": errors,
+    }
 
 
 def better(row: dict[str, Any]) -> str:
@@ -155,8 +175,10 @@ def table(result: dict[str, Any]) -> str:
     for r in rows:
         m, b = r["method_value"], r["baseline_value"]
         delta = f"{m - b:+8.4f}" if all(isinstance(v, (int, float)) for v in (m, b)) else f"{'-':>8}"
-        lines.append("  ".join(f"{str(r[k]):{widths[k]}}" for k, _ in cols)
-                     + f"  {_fmt(m):>9}  {_fmt(b):>9}  {delta}  {better(r)}")
+        lines.append(
+            "  ".join(f"{str(r[k]):{widths[k]}}" for k, _ in cols)
+            + f"  {_fmt(m):>9}  {_fmt(b):>9}  {delta}  {better(r)}"
+        )
     notes = list(dict.fromkeys((r.get("benchmark", r["method"]), r["notes"]) for r in rows if r.get("notes")))
     if notes:
         lines += ["", "notes:"] + [f"  {bench}: {note}" for bench, note in notes]
@@ -173,14 +195,25 @@ def _fmt(v: Any) -> str:
 
 def fidelity_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``detprune bench fidelity`` (and of ``detprune bench fidelity``)."""
-    p.add_argument("--quick", action="store_true",
-                   help="CPU-sized configurations (under 15 minutes on a 2-core CPU); default: the full protocols")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU-sized configurations (under 15 minutes on a 2-core CPU); default: the full protocols",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object with a 'rows' list")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    p.add_argument("--threads", type=int, help="torch threads inside the runs (default: each method's own; 1 in --quick)")
-    p.add_argument("--set", dest="overrides", action="append", metavar="METHOD.KEY=VALUE", default=[],
-                   help="override one setting of a method's configuration, e.g. sketch.epochs=2; VALUE is JSON when "
-                        "it parses, else text (repeatable)")
+    p.add_argument(
+        "--threads", type=int, help="torch threads inside the runs (default: each method's own; 1 in --quick)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        metavar="METHOD.KEY=VALUE",
+        default=[],
+        help="override one setting of a method's configuration, e.g. sketch.epochs=2; VALUE is JSON when "
+        "it parses, else text (repeatable)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar / timing lines")
 
 
@@ -191,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads is not None and args.threads < 1:
             raise FidelityError(f"--threads must be at least 1, got {args.threads}")
-        result = run_all(parse_methods(args.methods), args.quick, parse_overrides(args.overrides), args.threads,
-                         args.progress)
+        result = run_all(
+            parse_methods(args.methods), args.quick, parse_overrides(args.overrides), args.threads, args.progress
+        )
     except FidelityError as exc:
         print(f"fidelity: error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ full run (width 1, all images, 160 + 40 epochs, s = 1e-4 as in Network Slimming)
 
     python -m detprune.bench.fidelity.sketch [--full] [--json]
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from detprune_plugins.sketch.bn import adabn
 
 import detprune
 from detprune.bench.fidelity.data import bench_threads, train_test
@@ -50,11 +50,38 @@ from detprune.graph import trace
 from detprune.plugin.context import PruneContext
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
+from detprune_plugins.sketch.bn import adabn
 
-QUICK = dict(width=0.25, n_train=2000, n_test=1000, epochs=15, s=5e-3, lr=0.1, batch=64, ratio=0.7, alpha=0.3,
-             calib_batches=10, finetune_epochs=5, finetune_lr=0.01, threads=1)
-FULL = dict(width=1.0, n_train=None, n_test=None, epochs=160, s=1e-4, lr=0.1, batch=64, ratio=0.7, alpha=0.3,
-            calib_batches=20, finetune_epochs=40, finetune_lr=0.01, threads=None)
+QUICK = dict(
+    width=0.25,
+    n_train=2000,
+    n_test=1000,
+    epochs=15,
+    s=5e-3,
+    lr=0.1,
+    batch=64,
+    ratio=0.7,
+    alpha=0.3,
+    calib_batches=10,
+    finetune_epochs=5,
+    finetune_lr=0.01,
+    threads=1,
+)
+FULL = dict(
+    width=1.0,
+    n_train=None,
+    n_test=None,
+    epochs=160,
+    s=1e-4,
+    lr=0.1,
+    batch=64,
+    ratio=0.7,
+    alpha=0.3,
+    calib_batches=20,
+    finetune_epochs=40,
+    finetune_lr=0.01,
+    threads=None,
+)
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -71,8 +98,11 @@ def _arms(dense, graph, slimming, cfg, train) -> dict[str, Any]:
     arms: dict[str, Any] = {"ns": graph.apply(dense, ns_plan), "ns+adabn": graph.apply(dense, ns_plan)}
     adabn(arms["ns+adabn"], train, cfg["calib_batches"])
     reports = {}
-    for name, options in (("ns+sketch", {}), ("ns+sketch+adabn", {"recalibrate": "all"}),
-                          ("ns+sketch-procrustes", {"variant": "procrustes"})):
+    for name, options in (
+        ("ns+sketch", {}),
+        ("ns+sketch+adabn", {"recalibrate": "all"}),
+        ("ns+sketch-procrustes", {"variant": "procrustes"}),
+    ):
         model = graph.apply(dense, sk_plan)
         comp = hub.compensator("sketch", alpha=cfg["alpha"], calib_batches=cfg["calib_batches"], **options)
         comp.compensate(dense, model, sk_plan, ctx)
@@ -81,8 +111,18 @@ def _arms(dense, graph, slimming, cfg, train) -> dict[str, Any]:
 
 
 def _finetune(model, adapter, train, cfg, out: Path) -> None:
-    Trainer(model, adapter, train, None, epochs=cfg["finetune_epochs"], out_dir=out, lr=cfg["finetune_lr"],
-            warmup_epochs=0, progress=False, seed=0).fit()
+    Trainer(
+        model,
+        adapter,
+        train,
+        None,
+        epochs=cfg["finetune_epochs"],
+        out_dir=out,
+        lr=cfg["finetune_lr"],
+        warmup_epochs=0,
+        progress=False,
+        seed=0,
+    ).fit()
 
 
 def run(quick: bool = True) -> list[dict]:
@@ -106,13 +146,24 @@ def run(quick: bool = True) -> list[dict]:
         slimming = hub.pruner("slimming", s=cfg["s"])
         slimming.attach(graph)
         with tempfile.TemporaryDirectory() as tmp:
-            Trainer(dense, adapter, train, None, epochs=cfg["epochs"], out_dir=Path(tmp) / "dense", lr=cfg["lr"],
-                    pruner=slimming, progress=False, seed=0).fit()
+            Trainer(
+                dense,
+                adapter,
+                train,
+                None,
+                epochs=cfg["epochs"],
+                out_dir=Path(tmp) / "dense",
+                lr=cfg["lr"],
+                pruner=slimming,
+                progress=False,
+                seed=0,
+            ).fit()
             dense.eval()
             dense_top1, t_dense = top1(dense), time.perf_counter() - t0
             dev = next(dense.parameters()).device  # the Trainer may have moved it to a GPU: re-trace there
-            graph = trace(dense, tuple(x.to(dev) for x in adapter.example_inputs(1)),
-                          protected=tuple(adapter.protected(dense)))
+            graph = trace(
+                dense, tuple(x.to(dev) for x in adapter.example_inputs(1)), protected=tuple(adapter.protected(dense))
+            )
             arms = _arms(dense, graph, slimming, cfg, train)
             models = arms["models"]
             before = {name: top1(m) for name, m in models.items()}
@@ -123,29 +174,46 @@ def run(quick: bool = True) -> list[dict]:
         plans, report = arms["plans"], arms["report"]
         params = {name: _params(models[name]) for name in ("ns", "ns+sketch")}
         same = plans["ns"].kept.keys() == plans["ns+sketch"].kept.keys() and all(
-            torch.equal(plans["ns"].kept[g], plans["ns+sketch"].kept[g]) for g in plans["ns"].kept)
+            torch.equal(plans["ns"].kept[g], plans["ns+sketch"].kept[g]) for g in plans["ns"].kept
+        )
         meta = plans["ns"].meta
-        common = (f"vgg16-cifar width {cfg['width']} on {source} ({len(train_ds)} train / {len(test_ds)} test); "
-                  f"NS sparsity s={cfg['s']} for {cfg['epochs']} ep, dense top1 {dense_top1:.4f} "
-                  f"({t_dense:.0f}s); ratio {cfg['ratio']} (achieved {meta['achieved_ratio']:.3f}, "
-                  f"{len(meta['floor_hits'])} layer(s) at the floor); params ns {params['ns']:,} / ns+sketch "
-                  f"{params['ns+sketch']:,} of {_params(dense):,} (same channels: {same}); sketch alpha {cfg['alpha']} rebased "
-                  f"{len(report['rebased'])}/{len(report['groups'])} groups, BN {report['bn_statistics']}; "
-                  f"fine-tune {cfg['finetune_epochs']} ep lr {cfg['finetune_lr']}; {time.perf_counter() - t0:.0f}s total")
-        before_ft, after_ft = f"top1 @{cfg['ratio']} before fine-tune", f"top1 @{cfg['ratio']} after {cfg['finetune_epochs']} fine-tune ep"
+        common = (
+            f"vgg16-cifar width {cfg['width']} on {source} ({len(train_ds)} train / {len(test_ds)} test); "
+            f"NS sparsity s={cfg['s']} for {cfg['epochs']} ep, dense top1 {dense_top1:.4f} "
+            f"({t_dense:.0f}s); ratio {cfg['ratio']} (achieved {meta['achieved_ratio']:.3f}, "
+            f"{len(meta['floor_hits'])} layer(s) at the floor); params ns {params['ns']:,} / ns+sketch "
+            f"{params['ns+sketch']:,} of {_params(dense):,} (same channels: {same}); "
+            f"sketch alpha {cfg['alpha']} rebased "
+            f"{len(report['rebased'])}/{len(report['groups'])} groups, BN {report['bn_statistics']}; "
+            f"fine-tune {cfg['finetune_epochs']} ep lr {cfg['finetune_lr']}; {time.perf_counter() - t0:.0f}s total"
+        )
+        before_ft, after_ft = (
+            f"top1 @{cfg['ratio']} before fine-tune",
+            f"top1 @{cfg['ratio']} after {cfg['finetune_epochs']} fine-tune ep",
+        )
 
         def row(method: str, baseline: str, metric: str, values: dict[str, float]) -> dict[str, Any]:
-            return {"method": method, "baseline": baseline, "metric": metric, "method_value": round(values[method], 4),
-                    "baseline_value": round(values[baseline], 4), "notes": common}
+            return {
+                "method": method,
+                "baseline": baseline,
+                "metric": metric,
+                "method_value": round(values[method], 4),
+                "baseline_value": round(values[baseline], 4),
+                "notes": common,
+            }
 
         return [
             row("ns+sketch", "ns", before_ft, before),
             row("ns+sketch", "ns", after_ft, after),
-            row("ns+sketch+adabn", "ns+adabn", f"{before_ft} (AdaBN on every BN, {cfg['calib_batches']} batches)", before),
+            row(
+                "ns+sketch+adabn",
+                "ns+adabn",
+                f"{before_ft} (AdaBN on every BN, {cfg['calib_batches']} batches)",
+                before,
+            ),
             row("ns+sketch-procrustes", "ns", before_ft, before),
             row("ns+sketch-procrustes", "ns", after_ft, after),
         ]
-
 
 
 if __name__ == "__main__":

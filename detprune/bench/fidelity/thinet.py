@@ -13,8 +13,8 @@ channels (13 runs, averaged); (b) every conv group loses ``all_ratio`` at once. 
 * ``thinet-layerwise``: §3.1's layer-by-layer strategy (input side first, each layer judged on the
   network as pruned so far, LSQ scaling; no fine-tuning, so it stays comparable);
 
-((a) uses the first three), and top-1 on the held-out split is measured with no fine-tuning. A second metric, the relative
-squared error of the logits against the dense model (lower is better), shows fidelity where top-1
+((a) uses the first three), and top-1 on the held-out split is measured with no fine-tuning. A second metric, the
+relative squared error of the logits against the dense model (lower is better), shows fidelity where top-1
 is near chance. All methods see the same sampled images (``images`` x 10 locations, seed 0).
 
 Data: the real CIFAR-10 images in ../shared/data/cifar10-sample when present (balanced subsets in
@@ -24,6 +24,7 @@ epochs) belongs on a GPU.
 
     python -m detprune.bench.fidelity.thinet [--full] [--json]
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,10 +46,30 @@ from detprune.plugin.context import PruneContext
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
 
-QUICK = dict(args=dict(width=0.25), n_train=2500, n_test=1000, epochs=10, batch=64, lr=0.05, images=256,
-             single_ratio=0.5, all_ratio=0.3, threads=1)
-FULL = dict(args=dict(width=1.0), n_train=None, n_test=None, epochs=60, batch=128, lr=0.1, images=1000,
-            single_ratio=0.5, all_ratio=0.3, threads=None)
+QUICK = dict(
+    args=dict(width=0.25),
+    n_train=2500,
+    n_test=1000,
+    epochs=10,
+    batch=64,
+    lr=0.05,
+    images=256,
+    single_ratio=0.5,
+    all_ratio=0.3,
+    threads=1,
+)
+FULL = dict(
+    args=dict(width=1.0),
+    n_train=None,
+    n_test=None,
+    epochs=60,
+    batch=128,
+    lr=0.1,
+    images=1000,
+    single_ratio=0.5,
+    all_ratio=0.3,
+    threads=None,
+)
 METHODS = ("thinet", "thinet+lsq", "thinet-layerwise")
 
 
@@ -101,17 +122,34 @@ def _all_layers(dense, graph, ctx, test, ref) -> dict[str, tuple[float, float]]:
     detprune.plugins().compensator("thinet-lsq", progress=False).compensate(dense, pruned, plans["thinet"], ctx)
     out["thinet+lsq"] = _score(pruned, test, ref)
     model = copy.deepcopy(dense)
-    plan = detprune.plugins().pruner("thinet", images=ctx.options["images"], mode="layerwise",
-                                     progress=False).plan(model, graph, ctx)
+    plan = (
+        detprune.plugins()
+        .pruner("thinet", images=ctx.options["images"], mode="layerwise", progress=False)
+        .plan(model, graph, ctx)
+    )
     out["thinet-layerwise"] = _score(graph.apply(model, plan), test, ref)
     return out
 
 
 def _rows(method: str, metric: str, m: tuple[float, float], b: tuple[float, float], notes: str) -> list[dict]:
-    return [{"method": method, "baseline": "l1", "metric": f"top1 {metric}", "method_value": round(m[0], 4),
-             "baseline_value": round(b[0], 4), "notes": notes},
-            {"method": method, "baseline": "l1", "metric": f"logit_rel_err {metric} (lower=better)",
-             "method_value": round(m[1], 4), "baseline_value": round(b[1], 4), "notes": notes}]
+    return [
+        {
+            "method": method,
+            "baseline": "l1",
+            "metric": f"top1 {metric}",
+            "method_value": round(m[0], 4),
+            "baseline_value": round(b[0], 4),
+            "notes": notes,
+        },
+        {
+            "method": method,
+            "baseline": "l1",
+            "metric": f"logit_rel_err {metric} (lower=better)",
+            "method_value": round(m[1], 4),
+            "baseline_value": round(b[1], 4),
+            "notes": notes,
+        },
+    ]
 
 
 def run(quick: bool = True) -> list[dict]:
@@ -127,8 +165,17 @@ def run(quick: bool = True) -> list[dict]:
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tmp:
             dense = adapter.build()
-            Trainer(dense, adapter, train, None, epochs=cfg["epochs"], out_dir=Path(tmp) / "dense", lr=cfg["lr"],
-                    progress=False, seed=0).fit()
+            Trainer(
+                dense,
+                adapter,
+                train,
+                None,
+                epochs=cfg["epochs"],
+                out_dir=Path(tmp) / "dense",
+                lr=cfg["lr"],
+                progress=False,
+                seed=0,
+            ).fit()
         dense.eval()
         ref = _logits(dense, test)[0]
         dense_top1 = evaluate_classifier(dense, test, progress=False)["top1"]
@@ -136,27 +183,39 @@ def run(quick: bool = True) -> list[dict]:
         graph = trace(dense, adapter.example_inputs(1), protected=tuple(adapter.protected(dense)))
 
         def ctx(ratio: float) -> PruneContext:
-            return PruneContext(example_inputs=adapter.example_inputs(1), ratio=ratio, adapter=adapter,
-                                train_loader=train, graph=graph, options={"images": cfg["images"]})
+            return PruneContext(
+                example_inputs=adapter.example_inputs(1),
+                ratio=ratio,
+                adapter=adapter,
+                train_loader=train,
+                graph=graph,
+                options={"images": cfg["images"]},
+            )
 
         single = _single_layers(dense, graph, ctx(cfg["single_ratio"]), test, ref)
         whole = _all_layers(dense, graph, ctx(cfg["all_ratio"]), test, ref)
         mean = {k: tuple(sum(v[i] for v in vals) / len(vals) for i in (0, 1)) for k, vals in single.items()}
         wins = sum(t[0] >= b[0] for t, b in zip(single["thinet"], single["l1"]))
-        common = (f"vgg16-cifar {cfg['args']} on {source} ({len(train_ds)} train / {len(test_ds)} test), dense "
-                  f"{cfg['epochs']} ep top1 {dense_top1:.4f}; no fine-tune; thinet samples {cfg['images']} train "
-                  f"images x 10 locations, seed 0; single layer: thinet top1 >= l1 on {wins}/{len(single['l1'])} groups; "
-                  f"data + dense training {t_train:.0f}s")
+        common = (
+            f"vgg16-cifar {cfg['args']} on {source} ({len(train_ds)} train / {len(test_ds)} test), dense "
+            f"{cfg['epochs']} ep top1 {dense_top1:.4f}; no fine-tune; thinet samples {cfg['images']} train "
+            f"images x 10 locations, seed 0; single layer: thinet top1 >= l1 on {wins}/{len(single['l1'])} groups; "
+            f"data + dense training {t_train:.0f}s"
+        )
         rows = []
         for method in ("thinet", "thinet+lsq"):
-            rows += _rows(method, f"one layer at a time @{cfg['single_ratio']} (mean of {len(single['l1'])})",
-                          mean[method], mean["l1"], common)
+            rows += _rows(
+                method,
+                f"one layer at a time @{cfg['single_ratio']} (mean of {len(single['l1'])})",
+                mean[method],
+                mean["l1"],
+                common,
+            )
         for method in METHODS:
             rows += _rows(method, f"all layers @{cfg['all_ratio']}", whole[method], whole["l1"], common)
         for r in rows:
             r["notes"] += f"; {time.perf_counter() - t0:.0f}s total"
         return rows
-
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Pointwise ops of two followed tensors **union** their ids position by position: 
 residual ``x + f(x)`` or an SE gate ``x * s`` couples the producers on both sides. A tensor that
 is broadcast along the other's channel axis (a one-channel spatial gate) unions nothing.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -159,7 +160,9 @@ def reduction(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         if o.dim() == nd:
             rec.set(o, arr[tuple(slice(0, 1) if a in red else slice(None) for a in range(nd))].copy())
         elif o.dim() == nd - len(red):
-            rec.set(o, np.array(arr[tuple(0 if a in red else slice(None) for a in range(nd))], dtype=np.int64).reshape(kept))
+            rec.set(
+                o, np.array(arr[tuple(0 if a in red else slice(None) for a in range(nd))], dtype=np.int64).reshape(kept)
+            )
 
 
 def cumulative(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -177,27 +180,118 @@ def cumulative(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
 
 
 PASS = {
-    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "feature_dropout", "contiguous", "clone", "detach", "to", "float", "double", "half", "bfloat16",
-    "cpu", "cuda", "type", "type_as", "requires_grad", "data", "softmax", "log_softmax", "softmin",
-    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like", "hardswish",
-    "log_sigmoid", "logsigmoid", "softsign", "tanhshrink", "rrelu", "relu6", "normalize",
-    "local_response_norm", "real", "conj", "resolve_conj", "resolve_neg", "int", "long", "bool",
-    "nan_to_num", "hardsigmoid", "silu", "mish", "gelu", "elu", "selu", "celu", "leaky_relu",
-    "threshold", "hardtanh", "softplus", "relu", "sigmoid", "tanh",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "feature_dropout",
+    "contiguous",
+    "clone",
+    "detach",
+    "to",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "cpu",
+    "cuda",
+    "type",
+    "type_as",
+    "requires_grad",
+    "data",
+    "softmax",
+    "log_softmax",
+    "softmin",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+    "rand_like",
+    "randn_like",
+    "hardswish",
+    "log_sigmoid",
+    "logsigmoid",
+    "softsign",
+    "tanhshrink",
+    "rrelu",
+    "relu6",
+    "normalize",
+    "local_response_norm",
+    "real",
+    "conj",
+    "resolve_conj",
+    "resolve_neg",
+    "int",
+    "long",
+    "bool",
+    "nan_to_num",
+    "hardsigmoid",
+    "silu",
+    "mish",
+    "gelu",
+    "elu",
+    "selu",
+    "celu",
+    "leaky_relu",
+    "threshold",
+    "hardtanh",
+    "softplus",
+    "relu",
+    "sigmoid",
+    "tanh",
 }
 
 SPATIAL = [
-    *(f"{p}{k}d" for k in (1, 2, 3) for p in ("max_pool", "avg_pool", "lp_pool", "adaptive_avg_pool",
-                                           "adaptive_max_pool", "fractional_max_pool", "max_unpool")),
+    *(
+        f"{p}{k}d"
+        for k in (1, 2, 3)
+        for p in (
+            "max_pool",
+            "avg_pool",
+            "lp_pool",
+            "adaptive_avg_pool",
+            "adaptive_max_pool",
+            "fractional_max_pool",
+            "max_unpool",
+        )
+    ),
     *(f"max_pool{k}d_with_indices" for k in (1, 2, 3)),
     *(f"adaptive_max_pool{k}d_with_indices" for k in (1, 2, 3)),
-    "interpolate", "upsample", "upsample_nearest", "upsample_bilinear", "grid_sample",
+    "interpolate",
+    "upsample",
+    "upsample_nearest",
+    "upsample_bilinear",
+    "grid_sample",
 ]
 
-REDUCE = ["sum", "mean", "amax", "amin", "max", "min", "std", "var", "prod", "logsumexp", "norm",
-          "argmax", "argmin", "all", "any", "count_nonzero", "median", "nansum", "nanmean",
-          "nanmedian", "mode", "std_mean", "var_mean", "aminmax"]
+REDUCE = [
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "std",
+    "var",
+    "prod",
+    "logsumexp",
+    "norm",
+    "argmax",
+    "argmin",
+    "all",
+    "any",
+    "count_nonzero",
+    "median",
+    "nansum",
+    "nanmean",
+    "nanmedian",
+    "mode",
+    "std_mean",
+    "var_mean",
+    "aminmax",
+]
 
 CUMULATIVE = ["cumsum", "cumprod", "cummax", "cummin", "logcumsumexp", "sort", "argsort", "topk"]
 

@@ -4,6 +4,7 @@ Slicing a channel axis at positions written in the code (``x[:, :16]``) only sta
 pruning if every channel before the cut survives, so those channels are fixed; a full slice or an
 index on a spatial axis leaves channels alone.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -24,14 +25,14 @@ def _norm_index(idx: Any, nd: int) -> tuple | None:
     if not isinstance(idx, tuple):
         idx = (idx,)
     for i in idx:
-        if not (i is None or i is Ellipsis or isinstance(i, (int, slice)) or isinstance(i, torch.SymInt)):
+        if not (i is None or i is Ellipsis or isinstance(i, (int, slice, torch.SymInt))):
             return None
         if isinstance(i, bool):
             return None
     n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
     if Ellipsis in idx:
         k = idx.index(Ellipsis)
-        return idx[:k] + (slice(None),) * (nd - n_real) + idx[k + 1:]
+        return idx[:k] + (slice(None),) * (nd - n_real) + idx[k + 1 :]
     return idx + (slice(None),) * (nd - n_real)
 
 
@@ -56,7 +57,9 @@ def index_ids(rec, x: torch.Tensor, ids: np.ndarray, idx: Any, op: str, fix: boo
         if fix and vary:
             rec.fix(ids, f"'{op}' with a tensor index on a tensor with channels in {rec.where()}")
         t = torch.from_numpy(_c(ids)).expand(x.shape)
-        idx_cpu = tuple(i.cpu() if isinstance(i, torch.Tensor) else i for i in (idx if isinstance(idx, tuple) else (idx,)))
+        idx_cpu = tuple(
+            i.cpu() if isinstance(i, torch.Tensor) else i for i in (idx if isinstance(idx, tuple) else (idx,))
+        )
         return compress(t[idx_cpu].numpy())
     np_idx, ax = [], 0
     for i in norm:

@@ -4,6 +4,7 @@ An op is attributed to the module that owns its weight (``id(param)`` -> qualifi
 module that calls ``F.conv2d(x, self.weight)`` itself is handled like ``nn.Conv2d``, and a module
 called twice shares one set of output ids (its filters are the same filters).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -61,7 +62,14 @@ def conv(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     if owner is None:  # a weight computed in forward: we cannot slice it, so nothing here moves
         if x_ids is not None:
             rec.fix(x_ids, f"input of '{name}' with a computed weight in {rec.where()}")
-        rec.set(out, shaped(rec.mint(c_out, f"{name} in {rec.where()}", fixed=f"output of '{name}' with a computed weight"), out.dim(), ax_out))
+        rec.set(
+            out,
+            shaped(
+                rec.mint(c_out, f"{name} in {rec.where()}", fixed=f"output of '{name}' with a computed weight"),
+                out.dim(),
+                ax_out,
+            ),
+        )
         return
     mname, wname = owner
     bname = _owned(rec, b, mname)
@@ -98,7 +106,14 @@ def linear(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     if owner is None:
         if x_ids is not None:
             rec.fix(x_ids, f"input of 'linear' with a computed weight in {rec.where()}")
-        rec.set(out, shaped(rec.mint(c_out, f"linear in {rec.where()}", fixed="output of 'linear' with a computed weight"), out.dim(), out.dim() - 1))
+        rec.set(
+            out,
+            shaped(
+                rec.mint(c_out, f"linear in {rec.where()}", fixed="output of 'linear' with a computed weight"),
+                out.dim(),
+                out.dim() - 1,
+            ),
+        )
         return
     mname, wname = owner
     bname = _owned(rec, b, mname)
@@ -111,7 +126,9 @@ def linear(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     rec.set(out, shaped(r.out, out.dim(), out.dim() - 1))
 
 
-def _norm(rec, name: str, x: torch.Tensor, out: Any, ax: int, tensors: list[Any], norm_groups: int | None = None) -> None:
+def _norm(
+    rec, name: str, x: torch.Tensor, out: Any, ax: int, tensors: list[Any], norm_groups: int | None = None
+) -> None:
     x_ids = rec.ids(x)
     c = x.shape[ax]
     flat = axis_ids(rec, x_ids, ax, c, name)
@@ -129,7 +146,9 @@ def _norm(rec, name: str, x: torch.Tensor, out: Any, ax: int, tensors: list[Any]
 def batch_norm(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     """``batch_norm``/``instance_norm``(input, running_mean, running_var, weight, bias, ...)."""
     x = args[0]
-    tensors = [arg(args, kwargs, i, n) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
+    tensors = [
+        arg(args, kwargs, i, n) for i, n in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))
+    ]
     _norm(rec, name, x, out, 1 if x.dim() > 1 else 0, tensors)
 
 

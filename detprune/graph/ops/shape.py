@@ -10,6 +10,7 @@
 
 Indexing (``x[:, :4]``, narrow, select, index_select) lives in ``ops.index``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,9 +32,29 @@ from detprune.graph.ops.layers import arg, varying
 
 PASS = _PASS
 VIEW_LIKE = {
-    "view", "reshape", "unsqueeze", "squeeze", "flatten", "expand", "expand_as", "getitem", "permute",
-    "transpose", "contiguous", "to", "float", "double", "half", "type_as", "detach", "clone", "view_as",
-    "reshape_as", "T", "mT", "data",
+    "view",
+    "reshape",
+    "unsqueeze",
+    "squeeze",
+    "flatten",
+    "expand",
+    "expand_as",
+    "getitem",
+    "permute",
+    "transpose",
+    "contiguous",
+    "to",
+    "float",
+    "double",
+    "half",
+    "type_as",
+    "detach",
+    "clone",
+    "view_as",
+    "reshape_as",
+    "T",
+    "mT",
+    "data",
 }
 
 
@@ -48,14 +69,22 @@ def axis_groups(a: tuple[int, ...], b: tuple[int, ...]) -> list[tuple[list[int],
     while i < len(a) or j < len(b):
         ga, gb, pa, pb = [], [], 1, 1
         if i < len(a):
-            ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+            ga.append(i)
+            pa *= a[i]
+            i += 1  # noqa: E702
         if j < len(b):
-            gb.append(j); pb *= b[j]; j += 1  # noqa: E702
+            gb.append(j)
+            pb *= b[j]
+            j += 1  # noqa: E702
         while pa != pb:
             if pa < pb and i < len(a):
-                ga.append(i); pa *= a[i]; i += 1  # noqa: E702
+                ga.append(i)
+                pa *= a[i]
+                i += 1  # noqa: E702
             elif j < len(b):
-                gb.append(j); pb *= b[j]; j += 1  # noqa: E702
+                gb.append(j)
+                pb *= b[j]
+                j += 1  # noqa: E702
             else:
                 break
         groups.append((ga, gb))
@@ -159,7 +188,11 @@ def cat(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     for t, ids in zip(tensors, tracked):
         n = t.shape[dim]
         if ids is None:
-            ids = rec.mint(n, f"untracked input of {name} in {rec.where()}", fixed=f"untracked tensor concatenated in {rec.where()}")
+            ids = rec.mint(
+                n,
+                f"untracked input of {name} in {rec.where()}",
+                fixed=f"untracked tensor concatenated in {rec.where()}",
+            )
         flat = ids.reshape(-1)
         parts.append(flat if flat.size == n else np.full(n, flat[0], dtype=np.int64))
     shape = [1] * nd
@@ -193,7 +226,9 @@ def split(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         return
     sizes = [p.shape[dim] for p in pieces]
     chunks = np.split(ids, np.cumsum(sizes)[:-1], axis=dim)
-    chunk_like = name in ("chunk", "unsafe_chunk") or (name == "tensor_split" and isinstance(arg(args, kwargs, 1, "sections"), int))
+    chunk_like = name in ("chunk", "unsafe_chunk") or (
+        name == "tensor_split" and isinstance(arg(args, kwargs, 1, "sections"), int)
+    )
     if len(pieces) > 1 and chunk_like and len(set(sizes)) == 1:
         rec.constrain(chunks, f"the {len(pieces)} equal pieces of '{name}'")
     elif len(pieces) > 1:
@@ -219,7 +254,11 @@ def pad(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
             raise rec.error(name, f"{mode} padding of {lo},{hi} on the channel axis")
         flat = arr.reshape(-1)
         what = f"zero channels added by F.pad in {rec.where()} (their count is fixed in the code)"
-        parts = [rec.mint(lo, f"pad in {rec.where()}", fixed=what), flat, rec.mint(hi, f"pad in {rec.where()}", fixed=what)]
+        parts = [
+            rec.mint(lo, f"pad in {rec.where()}", fixed=what),
+            flat,
+            rec.mint(hi, f"pad in {rec.where()}", fixed=what),
+        ]
         shape = [1] * x.dim()
         shape[ax] = -1
         arr = np.concatenate(parts).reshape(shape)
@@ -275,20 +314,38 @@ def ignore(rec, name: str, args: tuple, kwargs: dict, out: Any) -> None:
 
 HANDLERS = {
     **ELEMENTWISE,
-    **{n: reshape for n in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as",
-                            "reshape_as", "ravel")},
+    **{
+        n: reshape
+        for n in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "ravel")
+    },
     **{n: expand for n in ("expand", "expand_as", "broadcast_to")},
     "repeat": repeat,
     "tile": repeat,
-    **{n: permute for n in ("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "T",
-                            "mT", "mH", "adjoint")},
+    **{
+        n: permute
+        for n in (
+            "permute",
+            "transpose",
+            "swapaxes",
+            "swapdims",
+            "movedim",
+            "moveaxis",
+            "t",
+            "T",
+            "mT",
+            "mH",
+            "adjoint",
+        )
+    },
     "flip": flip,
     "cat": cat,
     "concat": cat,
     "concatenate": cat,
     "stack": stack,
-    **{n: split for n in ("chunk", "split", "split_with_sizes", "tensor_split", "unbind", "unsafe_chunk",
-                          "unsafe_split")},
+    **{
+        n: split
+        for n in ("chunk", "split", "split_with_sizes", "tensor_split", "unbind", "unsafe_chunk", "unsafe_split")
+    },
     **INDEXING,
     "pad": pad,
     "constant_pad_nd": pad,
@@ -296,7 +353,9 @@ HANDLERS = {
     "pixel_unshuffle": pixel_shuffle,
     "channel_shuffle": channel_shuffle,
     "native_channel_shuffle": channel_shuffle,
-    **{n: ignore for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "nonzero",
-                           "argwhere", "bincount")},
+    **{
+        n: ignore
+        for n in ("new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "nonzero", "argwhere", "bincount")
+    },
     "copy": copy_into,
 }

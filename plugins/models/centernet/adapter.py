@@ -1,7 +1,11 @@
 """The ``centernet-resnet18`` model adapter: build args, the focal/L1 loss (:mod:`.loss`), peak
 decoding (:mod:`.decode`) and the protected head convs."""
+
 from __future__ import annotations
 
+from torch import nn
+
+import detprune
 from detprune_plugins.models.base import (
     AdapterArgumentError,
     AdapterBase,
@@ -10,9 +14,6 @@ from detprune_plugins.models.base import (
 from detprune_plugins.models.centernet.decode import decode
 from detprune_plugins.models.centernet.loss import centernet_loss
 from detprune_plugins.models.centernet.model import HEADS, CenterNetResNet
-from torch import nn
-
-import detprune
 
 
 class CenterNetResNet18(AdapterBase):
@@ -30,15 +31,27 @@ class CenterNetResNet18(AdapterBase):
         radius: str = "cornernet",
         max_det: int = 500,
     ) -> None:
-        super().__init__(num_classes=num_classes, img_size=img_size, width=width, head_conv=head_conv,
-                         radius=radius, max_det=max_det)
+        """
+        :param head_conv: channels of each head's 3x3 conv (64 for ResNets in the paper's code).
+        :param radius: Gaussian radius rule of the heatmap targets: ``cornernet`` (the original, with its
+            known quirk) or ``fixed``.
+        :param max_det: peaks kept per image at decoding (VisDrone images hold up to ~460 objects).
+        """
+        super().__init__(
+            num_classes=num_classes, img_size=img_size, width=width, head_conv=head_conv, radius=radius, max_det=max_det
+        )
         if img_size % 32:
-            raise AdapterArgumentError(f"adapter 'centernet-resnet18': img_size must be a multiple of 32, got {img_size}")
+            raise AdapterArgumentError(
+                f"adapter 'centernet-resnet18': img_size must be a multiple of 32, got {img_size}"
+            )
         if radius not in ("cornernet", "fixed"):
             raise AdapterArgumentError(
-                f"adapter 'centernet-resnet18': radius must be 'cornernet' or 'fixed', got {radius!r}")
+                f"adapter 'centernet-resnet18': radius must be 'cornernet' or 'fixed', got {radius!r}"
+            )
         if not isinstance(max_det, int) or max_det < 1:
-            raise AdapterArgumentError(f"adapter 'centernet-resnet18': max_det must be a positive integer, got {max_det!r}")
+            raise AdapterArgumentError(
+                f"adapter 'centernet-resnet18': max_det must be a positive integer, got {max_det!r}"
+            )
 
     def build(self) -> nn.Module:
         a = self.args

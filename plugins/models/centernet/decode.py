@@ -4,14 +4,17 @@ NMS), top-K over classes x positions, box = (x + dx +- w/2, y + dy +- h/2) x 4 i
 pixels, then the letterbox inverse. K defaults to 500 (VisDrone holds up to 461 objects per image;
 the reference's K=100 is for COCO).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
+from torch.nn import functional as F
+
 from detprune_plugins.models.base import finish_detections, metas_for
 from detprune_plugins.models.centernet.loss import DOWN_RATIO, gather
-from torch.nn import functional as F
 
 
 def peaks(heat: torch.Tensor, kernel: int = 3) -> torch.Tensor:
@@ -20,8 +23,9 @@ def peaks(heat: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     return heat * (hmax == heat).to(heat.dtype)
 
 
-def decode(outputs: Sequence[torch.Tensor], metas: Sequence[Mapping[str, Any]] | None = None,
-           conf: float = 0.1, k: int = 500) -> list[dict[str, Any]]:
+def decode(
+    outputs: Sequence[torch.Tensor], metas: Sequence[Mapping[str, Any]] | None = None, conf: float = 0.1, k: int = 500
+) -> list[dict[str, Any]]:
     """One ``{"boxes", "scores", "labels"[, "image_id"]}`` per image, best first, scores > ``conf``."""
     hm, wh, reg = (o.detach().float() for o in outputs)
     bsz, nc, h, w = hm.shape

@@ -11,13 +11,16 @@ L = L_k + 0.1 L_size + 1 L_off: L_k the penalty-reduced focal loss (alpha 2, bet
 clamped sigmoid, divided by the number of objects; L1 size and offset at the object centres,
 divided by the number of regressed values (``RegL1Loss``: mask.sum() + 1e-4).
 """
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from detprune_plugins.models.base import targets_on
 from torch.nn import functional as F
+
+from detprune_plugins.models.base import targets_on
 
 DOWN_RATIO = 4
 WEIGHTS = {"hm": 1.0, "wh": 0.1, "off": 1.0}
@@ -30,11 +33,11 @@ def gaussian_radius(h: torch.Tensor, w: torch.Tensor, min_overlap: float = 0.7, 
     the author kept because it did not hurt accuracy; ``fixed=True`` uses the corrected roots."""
     h, w = h.double(), w.double()
     a1, b1, c1 = 1.0, h + w, w * h * (1 - min_overlap) / (1 + min_overlap)
-    sq1 = torch.sqrt(b1 ** 2 - 4 * a1 * c1)
+    sq1 = torch.sqrt(b1**2 - 4 * a1 * c1)
     a2, b2, c2 = 4.0, 2 * (h + w), (1 - min_overlap) * w * h
-    sq2 = torch.sqrt(b2 ** 2 - 4 * a2 * c2)
+    sq2 = torch.sqrt(b2**2 - 4 * a2 * c2)
     a3, b3, c3 = 4 * min_overlap, -2 * min_overlap * (h + w), (min_overlap - 1) * w * h
-    sq3 = torch.sqrt(b3 ** 2 - 4 * a3 * c3)
+    sq3 = torch.sqrt(b3**2 - 4 * a3 * c3)
     if fixed:
         r1, r2, r3 = (b1 - sq1) / (2 * a1), (b2 - sq2) / (2 * a2), (b3 + sq3) / (2 * a3)
     else:
@@ -42,8 +45,15 @@ def gaussian_radius(h: torch.Tensor, w: torch.Tensor, min_overlap: float = 0.7, 
     return torch.minimum(torch.minimum(r1, r2), r3)
 
 
-def draw_heatmap(centers: torch.Tensor, radii: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                 out_h: int, out_w: int, chunk: int = 64) -> torch.Tensor:
+def draw_heatmap(
+    centers: torch.Tensor,
+    radii: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    out_h: int,
+    out_w: int,
+    chunk: int = 64,
+) -> torch.Tensor:
     """``draw_umich_gaussian`` for all objects at once: ``[num_classes, out_h, out_w]``.
 
     The Gaussian exp(-(dx^2 + dy^2) / 2 sigma^2) inside the (2r+1)^2 window is separable, so each
@@ -59,17 +69,18 @@ def draw_heatmap(centers: torch.Tensor, radii: torch.Tensor, labels: torch.Tenso
     xs = torch.arange(out_w, device=centers.device, dtype=torch.float64)
     dx = xs[None] - centers[:, 0, None].double()
     dy = ys[None] - centers[:, 1, None].double()
-    gx = torch.exp(-dx ** 2 / (2 * sigma[:, None] ** 2)) * (dx.abs() <= radii[:, None])
-    gy = torch.exp(-dy ** 2 / (2 * sigma[:, None] ** 2)) * (dy.abs() <= radii[:, None])
+    gx = torch.exp(-(dx**2) / (2 * sigma[:, None] ** 2)) * (dx.abs() <= radii[:, None])
+    gy = torch.exp(-(dy**2) / (2 * sigma[:, None] ** 2)) * (dy.abs() <= radii[:, None])
     for s in range(0, len(centers), chunk):
-        splat = (gy[s:s + chunk, :, None] * gx[s:s + chunk, None, :]).float()
-        index = labels[s:s + chunk, None, None].expand_as(splat)
+        splat = (gy[s : s + chunk, :, None] * gx[s : s + chunk, None, :]).float()
+        index = labels[s : s + chunk, None, None].expand_as(splat)
         hm.scatter_reduce_(0, index, splat, "amax")
     return hm
 
 
-def build_targets(boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, out_h: int, out_w: int,
-                  radius: str = "cornernet") -> dict[str, torch.Tensor]:
+def build_targets(
+    boxes: torch.Tensor, labels: torch.Tensor, num_classes: int, out_h: int, out_w: int, radius: str = "cornernet"
+) -> dict[str, torch.Tensor]:
     """One image's targets: ``hm [C,H,W]``, and per kept object ``ind`` (y*W+x), ``wh``, ``reg``."""
     b = boxes / DOWN_RATIO
     b[:, [0, 2]] = b[:, [0, 2]].clamp(0, out_w - 1)
@@ -93,7 +104,7 @@ def focal_loss(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     pos = gt.eq(1).float()
     neg = 1.0 - pos
     pos_loss = (torch.log(pred) * (1 - pred) ** 2 * pos).sum()
-    neg_loss = (torch.log(1 - pred) * pred ** 2 * (1 - gt) ** 4 * neg).sum()
+    neg_loss = (torch.log(1 - pred) * pred**2 * (1 - gt) ** 4 * neg).sum()
     num_pos = pos.sum()
     return -neg_loss if num_pos == 0 else -(pos_loss + neg_loss) / num_pos
 
@@ -104,13 +115,16 @@ def gather(feat: torch.Tensor, batch_idx: torch.Tensor, ind: torch.Tensor) -> to
     return feat.reshape(b, c, -1)[batch_idx, :, ind]
 
 
-def centernet_loss(outputs: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]], num_classes: int,
-                   radius: str = "cornernet") -> tuple[torch.Tensor, dict[str, float]]:
+def centernet_loss(
+    outputs: Sequence[torch.Tensor], targets: Sequence[dict[str, Any]], num_classes: int, radius: str = "cornernet"
+) -> tuple[torch.Tensor, dict[str, float]]:
     """``(loss, {"hm", "wh", "off"})`` for raw outputs ``(hm, wh, reg)`` and xyxy input-pixel targets."""
     hm_out, wh_out, reg_out = outputs
     bsz, _, out_h, out_w = hm_out.shape
-    built = [build_targets(boxes, labels, num_classes, out_h, out_w, radius)
-             for boxes, labels in targets_on(targets, bsz, hm_out.device, num_classes)]
+    built = [
+        build_targets(boxes, labels, num_classes, out_h, out_w, radius)
+        for boxes, labels in targets_on(targets, bsz, hm_out.device, num_classes)
+    ]
     gt_hm = torch.stack([t["hm"] for t in built])
     batch_idx = torch.cat([torch.full_like(t["ind"], i) for i, t in enumerate(built)])
     ind = torch.cat([t["ind"] for t in built])
@@ -122,4 +136,3 @@ def centernet_loss(outputs: Sequence[torch.Tensor], targets: Sequence[dict[str, 
         parts[key] = F.l1_loss(gather(out, batch_idx, ind), target, reduction="sum") / n_values
     total = sum(WEIGHTS[k] * v for k, v in parts.items())
     return total, {k: float(v.detach()) for k, v in parts.items()}
-

@@ -13,12 +13,14 @@ at ``width=1`` an ImageNet ResNet-18 state_dict loads into ``backbone`` unchange
 scales every channel count (backbone, deconvs, head_conv) for small test and demo models.
 The forward returns ``(hm, wh, reg)``, each ``[B, C, H/4, W/4]``, raw (no sigmoid).
 """
+
 from __future__ import annotations
 
 import torch
-from detprune_plugins.models.base import scaled
 from torch import nn
 from torchvision.models.resnet import BasicBlock
+
+from detprune_plugins.models.base import scaled
 
 HEADS = ("hm", "wh", "reg")
 
@@ -64,15 +66,21 @@ class CenterNetResNet(nn.Module):
         cin = self.backbone.out_channels
         filters = scaled(256, width)
         for _ in range(3):  # msra_resnet ``_make_deconv_layer(3, [256]*3, [4]*3)``: padding 1, no bias
-            layers += [nn.ConvTranspose2d(cin, filters, 4, stride=2, padding=1, output_padding=0, bias=False),
-                       nn.BatchNorm2d(filters), nn.ReLU()]
+            layers += [
+                nn.ConvTranspose2d(cin, filters, 4, stride=2, padding=1, output_padding=0, bias=False),
+                nn.BatchNorm2d(filters),
+                nn.ReLU(),
+            ]
             cin = filters
         self.deconv = nn.Sequential(*layers)
         hc = scaled(head_conv, width)
         outs = {"hm": num_classes, "wh": 2, "reg": 2}
         for name in HEADS:
-            setattr(self, name, nn.Sequential(nn.Conv2d(cin, hc, 3, padding=1, bias=True), nn.ReLU(),
-                                              nn.Conv2d(hc, outs[name], 1)))
+            setattr(
+                self,
+                name,
+                nn.Sequential(nn.Conv2d(cin, hc, 3, padding=1, bias=True), nn.ReLU(), nn.Conv2d(hc, outs[name], 1)),
+            )
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -4,14 +4,17 @@ sigmoid(cls) per class (objectness alone for one class). Every (box, class) pair
 is a candidate; class-wise NMS by ``torchvision.ops.batched_nms``; the best ``max_det`` survive;
 boxes go back to original image pixels through the letterbox inverse.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
+from torchvision.ops import batched_nms, box_convert
+
 from detprune_plugins.models.base import finish_detections, metas_for
 from detprune_plugins.models.yolov3.model import MASKS
-from torchvision.ops import batched_nms, box_convert
 
 #: candidates kept (by score) before NMS, as ultralytics ``max_nms``: NMS cost grows as n^2.
 MAX_CANDIDATES = 30000

@@ -11,15 +11,17 @@
   cells, skipped for one class;
 * total = ``giou`` * box + ``obj`` * objectness + ``cls`` * class (gains of the archive ``hyp``).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-from detprune_plugins.models.base import AdapterArgumentError, targets_on
-from detprune_plugins.models.yolov3.model import MASKS
 from torch.nn import functional as F
 from torchvision.ops import box_convert, generalized_box_iou_loss
+
+from detprune_plugins.models.base import AdapterArgumentError, targets_on
+from detprune_plugins.models.yolov3.model import MASKS
 
 
 def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
@@ -69,8 +71,9 @@ class YOLOv3Loss:
             cxcywh = box_convert(boxes, "xyxy", "cxcywh")
             ok = (cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)  # a zero-size box fits no anchor
             n = int(ok.sum())
-            rows.append(torch.cat([torch.full((n, 1), float(b), device=device),
-                                   labels[ok, None].float(), cxcywh[ok]], 1))
+            rows.append(
+                torch.cat([torch.full((n, 1), float(b), device=device), labels[ok, None].float(), cxcywh[ok]], 1)
+            )
         t = torch.cat(rows) if rows else torch.zeros(0, 6, device=device)
         built = []
         img_h = outputs[-1].shape[2] * 8  # finest output has stride 8 (strides 32/16/8)
@@ -80,7 +83,11 @@ class YOLOv3Loss:
             anchors = self.anchors[list(mask)].to(device) / stride
             tg = t.clone()
             tg[:, 2:] /= stride
-            j = self.match_anchors(tg[:, 4:6], anchors) if len(tg) else torch.zeros(3, 0, dtype=torch.bool, device=device)
+            j = (
+                self.match_anchors(tg[:, 4:6], anchors)
+                if len(tg)
+                else torch.zeros(3, 0, dtype=torch.bool, device=device)
+            )
             a = torch.arange(3, device=device)[:, None].expand_as(j)[j]
             tg = tg[None].expand(3, -1, -1)[j]
             gxy = tg[:, 2:4]
@@ -101,14 +108,15 @@ class YOLOv3Loss:
             if len(b):
                 ps = p[b, a, gj, gi]
                 pbox = torch.cat([ps[:, :2].sigmoid(), ps[:, 2:4].exp().clamp(max=1e3) * anchors], 1)
-                lbox = generalized_box_iou_loss(box_convert(pbox, "cxcywh", "xyxy"),
-                                                box_convert(tbox, "cxcywh", "xyxy"), reduction="none")
+                lbox = generalized_box_iou_loss(
+                    box_convert(pbox, "cxcywh", "xyxy"), box_convert(tbox, "cxcywh", "xyxy"), reduction="none"
+                )
                 parts["box"] = parts["box"] + lbox.mean()
                 tobj[b, a, gj, gi] = (1.0 - self.gr) + self.gr * (1.0 - lbox.detach()).clamp(0).to(tobj.dtype)
                 if self.nc > 1:
                     parts["cls"] = parts["cls"] + F.binary_cross_entropy_with_logits(
-                        ps[:, 5:], F.one_hot(tcls, self.nc).to(ps.dtype))
+                        ps[:, 5:], F.one_hot(tcls, self.nc).to(ps.dtype)
+                    )
             parts["obj"] = parts["obj"] + F.binary_cross_entropy_with_logits(p[..., 4], tobj)
         total = sum(self.gains[k] * parts[k] for k in parts)
         return total, {k: float(v.detach()) for k, v in parts.items()}
-

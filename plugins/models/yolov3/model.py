@@ -13,18 +13,29 @@ numbers match Darknet only at ``depth=1``).
 The forward returns the three raw output maps ``[B, 3*(5+nc), H, W]`` at strides 32, 16, 8;
 ``yolov3_loss`` and ``yolov3_decode`` interpret them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
-from detprune_plugins.models.base import scaled
 from torch import nn
+
+from detprune_plugins.models.base import scaled
 
 #: ``yolov3.cfg`` anchors in network-input pixels (COCO k-means at 416/608), small to large.
 DARKNET_ANCHORS: tuple[tuple[int, int], ...] = (
-    (10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (116, 90), (156, 198), (373, 326)
+    (10, 13),
+    (16, 30),
+    (33, 23),
+    (30, 61),
+    (62, 45),
+    (59, 119),
+    (116, 90),
+    (156, 198),
+    (373, 326),
 )
 #: anchor indices per output, in output order (strides 32, 16, 8): the cfg's ``mask`` lines.
 MASKS: tuple[tuple[int, int, int], ...] = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
