@@ -19,62 +19,42 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 ROW_MODULE = "detprune.bench.fidelity.{}"
 
 
-def _fake(name: str, rows=None, error: Exception | None = None):
-    """A row module: records the config it saw, returns ``rows`` or raises ``error``."""
+def _fake(name: str, rows=None, error: Exception | None = None, seeds: int = 2):
+    """A row module of the runner's contract: records (config, seed) of each call; its rows' values
+    move with the seed (``+ seed / 100`` on the method) so pairing and the interval can be checked."""
     mod = types.ModuleType(name)
-    mod.QUICK = {"epochs": 10, "threads": 1}
-    mod.FULL = {"epochs": 60, "threads": None}
+    mod.QUICK = {"epochs": 10, "seeds": seeds, "threads": 1}
+    mod.FULL = {"epochs": 60, "seeds": 1, "threads": None}
     mod.seen = []
 
-    def run(quick: bool = True):
-        mod.seen.append((quick, dict(mod.QUICK if quick else mod.FULL)))
+    def run_seed(cfg, seed):
+        mod.seen.append((dict(cfg), seed))
         if error is not None:
             raise error
-        return rows
+        if rows is None:
+            return None
+        return [{**r, "method_value": round(r["method_value"] + seed / 100, 4)} if "method_value" in r else r
+                for r in rows]  # fmt: skip
 
-    mod.run = run
+    mod.run_seed = run_seed
     return mod
 
 
+def _row(method, baseline, metric, m, b, notes, **extra):
+    return {"method": method, "baseline": baseline, "metric": metric, "method_value": m, "baseline_value": b,
+            "method_params": 1000, "baseline_params": 2000, "notes": notes, **extra}  # fmt: skip
+
+
 ROWS = [
-    {
-        "method": "thinet",
-        "baseline": "l1",
-        "metric": "top1 all layers @0.3",
-        "method_value": 0.45,
-        "baseline_value": 0.35,
-        "notes": "vgg16 on fake data",
-    },
-    {
-        "method": "thinet",
-        "baseline": "l1",
-        "metric": "logit_rel_err all layers @0.3 (lower=better)",
-        "method_value": 0.2,
-        "baseline_value": 0.5,
-        "notes": "vgg16 on fake data",
-    },
+    _row("thinet", "l1", "top1 all layers @0.3", 0.45, 0.35, "vgg16 on fake data"),
+    _row("thinet", "l1", "logit_rel_err all layers @0.3", 0.2, 0.5, "vgg16 on fake data", higher_is_better=False),
 ]
 
 
 @pytest.fixture
 def fakes(monkeypatch):
     """Fake ``thinet`` and ``mfp`` row modules in place of the real ones (restored at teardown)."""
-    mods = {
-        "thinet": _fake("thinet", ROWS),
-        "mfp": _fake(
-            "mfp",
-            [
-                {
-                    "method": "mfp",
-                    "baseline": "sfp-l1",
-                    "metric": "top1",
-                    "method_value": 0.3,
-                    "baseline_value": 0.3,
-                    "notes": "mfp note",
-                }
-            ],
-        ),
-    }
+    mods = {"thinet": _fake("thinet", ROWS), "mfp": _fake("mfp", [_row("mfp", "sfp-l1", "top1", 0.3, 0.3, "mfp note")])}
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, ROW_MODULE.format(name), mod)
     return mods
@@ -86,59 +66,68 @@ def _run(capsys, *argv):
     return code, out, err
 
 
-def test_json_has_rows_and_runs_the_chosen_methods_in_quick_mode(fakes, capsys):
-    code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "thinet", "--no-progress")
+FIDELITY = ("bench", "fidelity", "--jobs", "1", "--no-progress")  # fakes live in this process only
+
+
+def test_json_rows_pair_the_seeds_with_delta_interval_and_verdict(fakes, capsys):
+    code, out, err = _run(capsys, *FIDELITY, "--quick", "--json", "--methods", "thinet")
     assert code == 0, err
     result = json.loads(out)
-    assert result["rows"] == [{**r, "benchmark": "thinet", "better": "method"} for r in ROWS]
     assert result["quick"] is True and result["methods"] == ["thinet"] and result["errors"] == {}
-    assert set(result["seconds"]) == {"thinet"}
-    assert fakes["thinet"].seen == [(True, {"epochs": 10, "threads": 1})]
-    assert fakes["mfp"].seen == []
+    assert [seed for _, seed in fakes["thinet"].seen] == [0, 1] and fakes["mfp"].seen == []
+    assert fakes["thinet"].seen[0][0] == {"epochs": 10, "seeds": 2, "threads": 1}
+    top1, err_row = result["rows"]
+    assert top1["method_values"] == [0.45, 0.46] and top1["baseline_values"] == [0.35, 0.35]
+    assert top1["seeds"] == 2 and top1["delta"] == pytest.approx(0.105)
+    # diffs 0.10, 0.11: sd 0.00707, t(1) 12.706 -> half width 0.06353
+    assert top1["ci95"] == pytest.approx([0.105 - 0.063530, 0.105 + 0.063530], abs=1e-5)
+    assert top1["verdict"] == "holds" and top1["method_params"] == 1000 and top1["baseline_params"] == 2000
+    assert err_row["higher_is_better"] is False and err_row["delta"] == pytest.approx(-0.295)
+    assert err_row["verdict"] == "holds"  # lower is better and the whole interval is below zero
+    assert "better" not in top1
+
+
+def test_equal_values_are_unresolved_and_one_seed_gives_no_interval(fakes, capsys):
+    code, out, err = _run(capsys, *FIDELITY, "--json", "--methods", "mfp")
+    assert code == 0, err
+    (r,) = json.loads(out)["rows"]
+    assert r["seeds"] == 1 and r["verdict"] == "unresolved" and r["delta"] == 0.0
+    assert all(v != v for v in r["ci95"])  # NaN: no interval from one seed
 
 
 def test_without_quick_the_full_configs_run(fakes, capsys):
-    code, out, err = _run(capsys, "bench", "fidelity", "--json", "--no-progress", "--methods", "mfp,thinet,mfp")
+    code, out, err = _run(capsys, *FIDELITY, "--json", "--methods", "mfp,thinet,mfp")
     assert code == 0, err
     result = json.loads(out)
     assert result["methods"] == ["mfp", "thinet"]  # order kept, duplicate dropped
     assert [r["method"] for r in result["rows"]] == ["mfp", "thinet", "thinet"]
-    assert fakes["thinet"].seen == [(False, {"epochs": 60, "threads": None})]
+    assert fakes["thinet"].seen == [({"epochs": 60, "seeds": 1, "threads": None}, 0)]
 
 
 def test_set_and_threads_override_the_config_during_the_run_only(fakes, capsys):
     code, out, err = _run(
-        capsys,
-        "bench",
-        "fidelity",
-        "--quick",
-        "--json",
-        "--methods",
-        "thinet,mfp",
-        "--no-progress",
-        "--set",
-        "thinet.epochs=3",
-        "--set",
-        "mfp.epochs=[1, 2]",
-        "--threads",
-        "2",
-    )
+        capsys, *FIDELITY, "--quick", "--json", "--methods", "thinet,mfp",
+        "--set", "thinet.epochs=3", "--set", "mfp.epochs=[1, 2]", "--set", "mfp.seeds=3", "--threads", "2",
+    )  # fmt: skip
     assert code == 0, err
-    assert fakes["thinet"].seen == [(True, {"epochs": 3, "threads": 2})]
-    assert fakes["mfp"].seen == [(True, {"epochs": (1, 2), "threads": 2})]
-    assert fakes["thinet"].QUICK == {"epochs": 10, "threads": 1}  # restored
-    assert fakes["mfp"].QUICK == {"epochs": 10, "threads": 1}
+    assert fakes["thinet"].seen == [({"epochs": 3, "seeds": 2, "threads": 2}, s) for s in (0, 1)]
+    assert fakes["mfp"].seen == [({"epochs": (1, 2), "seeds": 3, "threads": 2}, s) for s in (0, 1, 2)]
+    assert fakes["thinet"].QUICK == {"epochs": 10, "seeds": 2, "threads": 1}  # restored
+    assert json.loads(out)["rows"][-1]["seeds"] == 3
 
 
-def test_table_lists_every_row_with_delta_and_winner_then_notes_once(fakes, capsys):
-    code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--methods", "thinet,mfp", "--no-progress")
+def test_table_lists_every_row_with_delta_interval_and_verdict_then_notes_once(fakes, capsys):
+    code, out, err = _run(capsys, *FIDELITY, "--quick", "--methods", "thinet,mfp")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["method", "baseline", "metric", "method", "baseline", "delta", "better"]
+    assert lines[0].split() == ["study", "method", "baseline", "metric", "method", "baseline", "delta", "95%", "CI",
+                                "n", "params", "m/b", "verdict"]  # fmt: skip
     top1, err_row, mfp = lines[2], lines[3], lines[4]
-    assert top1.split()[:2] == ["thinet", "l1"] and top1.split()[-4:] == ["0.4500", "0.3500", "+0.1000", "method"]
-    assert err_row.split()[-4:] == ["0.2000", "0.5000", "-0.3000", "method"]  # lower=better: the method wins
-    assert mfp.split()[-4:] == ["0.3000", "0.3000", "+0.0000", "tie"]
+    assert top1.split()[:3] == ["thinet", "thinet", "l1"]
+    assert top1.split()[-8:] == ["0.4550", "0.3500", "+0.1050", "[+0.0415,", "+0.1685]", "2", "1.0k/2.0k", "holds"]
+    assert err_row.split()[-3:] == ["2", "1.0k/2.0k", "holds"]
+    assert mfp.split()[-8:] == ["0.3050", "0.3000", "+0.0050", "[-0.0585,", "+0.0685]", "2", "1.0k/2.0k",
+                                "unresolved"]  # fmt: skip
     assert out.count("vgg16 on fake data") == 1 and "  thinet: vgg16 on fake data" in lines
     assert "  mfp: mfp note" in lines
     assert lines[-1].startswith("quick run, ") and "thinet " in lines[-1] and "mfp " in lines[-1]
@@ -146,38 +135,46 @@ def test_table_lists_every_row_with_delta_and_winner_then_notes_once(fakes, caps
 
 def test_a_failing_method_is_reported_and_the_others_still_run(fakes, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, ROW_MODULE.format("mfp"), _fake("mfp", error=RuntimeError("out of memory")))
-    code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "mfp,thinet", "--no-progress")
+    code, out, err = _run(capsys, *FIDELITY, "--quick", "--json", "--methods", "mfp,thinet")
     assert code == 1
     result = json.loads(out)
     assert result["errors"] == {"mfp": "RuntimeError: out of memory"}
-    assert [{k: r[k] for k in ROWS[0]} for r in result["rows"]] == ROWS
+    assert [r["method"] for r in result["rows"]] == ["thinet", "thinet"]
 
 
-def test_a_row_without_the_contract_keys_is_an_error_of_that_method(fakes, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, ROW_MODULE.format("mfp"), _fake("mfp", [{"method": "mfp", "metric": "top1"}]))
-    code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--methods", "mfp", "--no-progress")
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([{"method": "mfp", "metric": "top1"}],
+         "method 'mfp': row 0 lacks baseline, method_value, baseline_value, method_params, baseline_params, notes"),
+        (None, "method 'mfp': run_seed() returned NoneType None, not rows"),
+    ],
+)  # fmt: skip
+def test_a_row_without_the_contract_keys_is_an_error_of_that_method(fakes, capsys, monkeypatch, rows, message):
+    monkeypatch.setitem(sys.modules, ROW_MODULE.format("mfp"), _fake("mfp", rows))
+    code, out, err = _run(capsys, *FIDELITY, "--quick", "--json", "--methods", "mfp")
     assert code == 1
-    assert json.loads(out)["errors"] == {
-        "mfp": "FidelityError: method 'mfp': row 0 lacks baseline, method_value, baseline_value, notes"
-    }
+    assert json.loads(out)["errors"] == {"mfp": f"FidelityError: {message}"}
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--methods", "thinet,foo"], "--methods: unknown method 'foo'; choose from thinet, mfp, autoslim, sketch"),
-        (["--methods", ","], "--methods: unknown method (none given); choose from thinet, mfp, autoslim, sketch"),
+        (["--methods", "thinet,foo"], "--methods: unknown method 'foo'; choose from sketch, thinet, mfp, autoslim"),
+        (["--methods", ","], "--methods: unknown method (none given); choose from sketch, thinet, mfp, autoslim"),
         (["--set", "thinet.epochs"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'thinet.epochs'"),
         (["--set", "epochs=3"], "--set expects TARGET.KEY=VALUE, e.g. sketch.epochs=2, got 'epochs=3'"),
         (
             ["--set", "yolo.epochs=3"],
-            "--set 'yolo.epochs=3': unknown method 'yolo'; choose from thinet, mfp, autoslim, sketch",
+            "--set 'yolo.epochs=3': unknown method 'yolo'; choose from sketch, thinet, mfp, autoslim",
         ),
         (
             ["--methods", "thinet", "--set", "thinet.epoch=3"],
-            "--set thinet.epoch: thinet has no setting 'epoch'; its settings: epochs, threads",
+            "--set thinet.epoch: thinet has no setting 'epoch'; its settings: epochs, seeds, threads",
         ),
+        (["--methods", "thinet", "--set", "thinet.seeds=0"], "--set thinet.seeds: must be a positive integer, got 0"),
         (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--jobs", "0"], "--jobs must be at least 1, got 0"),
     ],
 )
 def test_user_errors_are_one_line_before_any_run(fakes, capsys, argv, message):
@@ -237,7 +234,7 @@ def test_fidelity_script_and_cli_share_their_options():
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
-        "fidelity: error: --methods: unknown method 'nope'; choose from thinet, mfp, autoslim, sketch"
+        "fidelity: error: --methods: unknown method 'nope'; choose from sketch, thinet, mfp, autoslim"
     )
 
 
@@ -249,33 +246,42 @@ TINY_SKETCH = [
     "sketch.batch=50",
     "sketch.calib_batches=2",
     "sketch.finetune_epochs=1",
+    "sketch.seeds=2",
 ]
 
 
-def test_sketch_row_runs_end_to_end_on_a_tiny_config(capsys):
+def test_sketch_study_runs_end_to_end_on_a_tiny_config_in_two_processes(capsys):
+    """The real sketch study, two seeds in two worker processes: every arm of Table 2 and its controls,
+    paired over the seeds, the p2 arms sharing one architecture."""
     from detprune.bench.fidelity import sketch
 
     before = dict(sketch.QUICK)
-    argv = ["bench", "fidelity", "--quick", "--json", "--methods", "sketch", "--no-progress"]
+    argv = ["bench", "fidelity", "--quick", "--json", "--methods", "sketch", "--no-progress", "--jobs", "2"]
     for item in TINY_SKETCH:
         argv += ["--set", item]
     code, out, err = _run(capsys, *argv)
     assert code == 0, err
     result = json.loads(out)
-    assert result["errors"] == {}
+    assert result["errors"] == {} and result["jobs"] == 2
     rows = result["rows"]
+    p2 = ["ns+sketch(0.2)@p2", "ns+sketch(0.5)@p2", "ns+fold+adabn@p2", "procrustes@p2", "filtersketch@p2"]
     assert [(r["method"], r["baseline"]) for r in rows] == [
-        ("ns+sketch", "ns"),
-        ("ns+sketch", "ns"),
-        ("ns+sketch+adabn", "ns+adabn"),
-        ("ns+sketch-procrustes", "ns"),
-        ("ns+sketch-procrustes", "ns"),
+        ("ns+sketch(0.2)@p2", "ns@p1"),
+        ("ns+sketch(0.5)@p2", "ns@p1"),
+        ("ns+adabn@p2", "ns@p1"),
+        *[(m, "ns+adabn@p2") for m in p2],
+        *[(m, "ns+adabn@p2") for m in [*p2, "scratch@p2"]],
     ]
-    assert [r["metric"] for r in rows][:2] == ["top1 @0.7 before fine-tune", "top1 @0.7 after 1 fine-tune ep"]
+    assert [r["metric"] for r in rows][:4] == [
+        "Table 2: top1 after 1 ft ep", "Table 2: top1 after 1 ft ep",
+        "Table 2 without the sketch: top1 after 1 ft ep", "top1 before fine-tune",
+    ]  # fmt: skip
     for r in rows:
-        assert 0.0 <= r["method_value"] <= 1.0 and 0.0 <= r["baseline_value"] <= 1.0
-        assert "(200 train / 100 test)" in r["notes"] and "same channels: True" in r["notes"]
-    assert rows[0]["baseline_value"] == rows[3]["baseline_value"]  # one NS model, one evaluation
+        assert r["seeds"] == 2 and len(r["method_values"]) == 2 and r["verdict"] in ("holds", "fails", "unresolved")
+        assert all(0.0 <= v <= 1.0 for v in r["method_values"] + r["baseline_values"])
+        assert "(200 train / 100 test)" in r["notes"]
+    # the p2 arms share one architecture, smaller than p1's
+    assert len({r["method_params"] for r in rows[3:]}) == 1 and rows[0]["method_params"] < rows[0]["baseline_params"]
     assert before == sketch.QUICK  # the overrides did not stick
 
 
@@ -285,7 +291,8 @@ def test_full_quick_run_covers_all_four_methods(capsys):
     assert code == 0, err
     result = json.loads(out)
     assert result["errors"] == {}
-    assert {r["method"].split("+")[0].split("-")[0] for r in result["rows"]} >= {"thinet", "mfp", "autoslim", "ns"}
+    assert {r["benchmark"] for r in result["rows"]} == {"sketch", "thinet", "mfp", "autoslim"}
+    assert all(r["seeds"] == 3 for r in result["rows"])
 
 
 def test_seed_tables_set_overrides_one_study_and_reads_json_values():
@@ -316,3 +323,25 @@ def test_seed_tables_set_rejects_bad_overrides_by_name(capsys, item, message):
     with pytest.raises(SystemExit):
         st.overridden(st.studies(quick=True, yolo_data="synthetic"), [item], argparse.ArgumentParser())
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (st.SHARED / "cifar10-sample").is_dir(), reason="needs ../shared/data/cifar10-sample")
+def test_seed_tables_vgg16_runs_table_2_with_its_control_on_a_tiny_config(tmp_path, capsys):
+    """Table 2's arms end to end: NS at p1, the control (p2's architecture, no compensator), NS + sketch
+    at p2 per alpha with the paper's own figures beside them, Procrustes, Torch-Pruning at the same size."""
+    tiny = ["dense_epochs=1", "finetune_epochs=1", "train_limit=100", "val_limit=100", "width=0.0625",
+            "alphas=[0.2, 0.5]"]  # fmt: skip
+    argv = ["--quick", "--only", "vgg16", "--out", str(tmp_path), "--json"]
+    for item in tiny:
+        argv += ["--set", f"vgg16.{item}"]
+    assert st.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads(out[: out.rindex("]") + 1])}
+    assert list(rows)[:6] == ["dense", "NS", "NS@p2 sketch widths, no compensator", "NS+sketch a=0.2",
+                              "NS+sketch a=0.5", "NS+sketch procrustes a=0.3"]  # fmt: skip
+    assert list(rows)[6].startswith("Torch-Pruning BNScale")
+    control = rows["NS@p2 sketch widths, no compensator"]
+    assert control["params"] == rows["NS+sketch a=0.2"]["params"] < rows["NS"]["params"] < rows["dense"]["params"]
+    assert (control["paper_params"], rows["NS"]["paper_params"]) == ("-", "0.84M")
+    assert (rows["NS+sketch a=0.2"]["paper_metric"], rows["NS+sketch a=0.5"]["paper_metric"]) == ("93.4 %", "93.2 %")
+    assert (tmp_path / "seed_tables.json").is_file()

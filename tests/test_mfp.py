@@ -10,7 +10,7 @@ from test_train_support import TinyAdapter, colour_dataset
 import detprune
 from detprune.errors import DetpruneError, UnknownPluginError
 from detprune.graph import trace
-from detprune.plugin.context import PruneContext
+from detprune.plugin.context import PruneContext, split_holdout
 from detprune.training.checkpoint import load_checkpoint
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
@@ -48,7 +48,7 @@ def dropped(pruner, gid, size):
 
 
 def test_the_chosen_criterion_is_logged_per_epoch_and_is_the_smallest_meta_change(tmp_path):
-    model, ctx, pruner = fit(tmp_path, epochs=3)
+    model, ctx, pruner = fit(tmp_path, epochs=3, holdout=0.5)
     assert [h["epoch"] for h in pruner.history] == [0, 1, 2]
     for h in pruner.history:
         assert h["switched"] and h["pruned"] and h["meta"] == "loss"
@@ -57,7 +57,8 @@ def test_the_chosen_criterion_is_logged_per_epoch_and_is_the_smallest_meta_chang
         assert h["criterion"] == min(DEFAULT_CRITERIA, key=change.get)
     assert pruner.chosen() == [(h["epoch"], h["criterion"]) for h in pruner.history]
     assert pruner.criterion == pruner.history[-1]["criterion"]
-    # the meta value is the held-out loss of the unmasked network (eval mode, first meta_batches of val)
+    # the meta value is the held-out loss of the unmasked network (eval mode, first meta_batches of the
+    # holdout split of the train set: 16 of 32 images, batches of the train loader's 8)
     batches = pruner._held_out(model)
     assert len(batches) == 2 and batches[0][0].shape == (8, 3, 16, 16)
 
@@ -163,6 +164,74 @@ def test_meta_attribute_is_pluggable(tmp_path):
     assert pruner.history[0]["values"]["l2"] > pruner.history[0]["base"]  # zeroing raises sparsity
 
 
+class NeverIterate:
+    """A val loader that fails the test if anyone reads it."""
+
+    def __iter__(self):
+        raise AssertionError("the val/test loader was iterated")
+
+    def __len__(self):
+        return 2
+
+
+def tagged(n, first):
+    """Images whose every pixel is their tag (first, first + 1, ...), labels 0..2."""
+    images = (first + torch.arange(n, dtype=torch.float32))[:, None, None, None].expand(n, 3, 16, 16).clone()
+    return torch.utils.data.TensorDataset(images, torch.arange(n) % 3)
+
+
+def recording_meta(seen):
+    def meta(model, batches, adapter):
+        seen.extend(int(t) for images, *_ in batches for t in images[:, 0, 0, 0].tolist())
+        return meta_loss(model, batches, adapter)
+
+    return meta
+
+
+def test_meta_batches_come_from_the_holdout_loader_never_the_val_loader(tmp_path):
+    adapter = TinyAdapter()
+    train = make_loader(tagged(32, 0), 8, train=True, seed=0)
+    holdout = make_loader(tagged(8, 1000), 4, train=False)
+    ctx = PruneContext(example_inputs=adapter.example_inputs(1), ratio=0.25, adapter=adapter, train_loader=train,
+                       val_loader=NeverIterate(), holdout_loader=holdout)  # fmt: skip
+    seen = []
+    pruner = MFP(meta=recording_meta(seen), meta_batches=2, criteria="l1,cosine", progress=False).bind(ctx)
+    assert pruner.holdout_fraction == 0.1  # a data-reading meta-attribute asks the pipeline for a holdout
+    Trainer(adapter.build(), adapter, train, None, epochs=2, out_dir=tmp_path, pruner=pruner, **FAST).fit()
+    assert seen and set(seen) == set(range(1000, 1008))  # both meta batches, every time, only holdout images
+
+
+def test_without_a_holdout_loader_mfp_carves_a_seeded_split_of_the_train_set(tmp_path):
+    adapter = TinyAdapter()
+    train = make_loader(tagged(40, 0), 8, train=True, seed=0)
+    ctx = PruneContext(example_inputs=adapter.example_inputs(1), ratio=0.25, adapter=adapter, train_loader=train,
+                       val_loader=NeverIterate(), seed=3)  # fmt: skip
+    seen = []
+    pruner = MFP(meta=recording_meta(seen), meta_batches=5, holdout=0.25, criteria="l2", progress=False).bind(ctx)
+    Trainer(adapter.build(), adapter, train, None, epochs=1, out_dir=tmp_path, pruner=pruner, **FAST).fit()
+    _, held = split_holdout(train.dataset, 0.25, 3)
+    assert set(seen) == set(held.indices) and len(held) == 10  # the same rule the pipeline splits by
+    assert MFP(meta="weight-mean").holdout_fraction == 0.0  # no data read: nothing held out of training
+
+
+def test_pipeline_data_holds_the_pruners_fraction_out_of_training():
+    from types import SimpleNamespace
+
+    from detprune.pipeline.trip import Data
+
+    cfg = SimpleNamespace(batch_size=4, workers=0, seed=5, train_split="train", val_split="val")
+    card = SimpleNamespace(task="classification", source="x", name="x")
+    whole = tagged(30, 0)
+    data = Data(card, whole, tagged(6, 500), 16, cfg, holdout=0.2)
+    train_tags = {int(x[0][0, 0, 0]) for x in data.train_ds}
+    held_tags = {int(x[0][0, 0, 0]) for batch in data.holdout_loader for x in batch[0][:, None]}
+    assert len(held_tags) == 6 and train_tags.isdisjoint(held_tags) and train_tags | held_tags == set(range(30))
+    assert data.train_loader.dataset is data.train_ds  # every training phase sees the remainder only
+    assert held_tags == set(Data(card, whole, tagged(6, 500), 16, cfg, holdout=0.2).holdout_ds.indices)
+    assert data.describe()["train_images"] == 24 and data.describe()["holdout_images"] == 6
+    assert Data(card, whole, tagged(6, 500), 16, cfg).holdout_loader is None
+
+
 def test_registered_and_listed():
     entry = detprune.plugins().get("pruner", "mfp")
     assert entry.plugin.dist == "detprune" and entry.description.startswith("Meta filter pruning")
@@ -185,10 +254,12 @@ def test_user_errors_are_clear_messages(tmp_path):
     lonely = MFP().bind(PruneContext(example_inputs=adapter.example_inputs(1), adapter=adapter))
     with pytest.raises(
         DetpruneError,
-        match="mfp: meta='loss' needs held-out batches, but the bound PruneContext "
-        "has neither val_loader nor train_loader",
+        match="mfp: meta='loss' needs held-out training images, but the bound PruneContext "
+        "has neither holdout_loader nor a DataLoader train_loader",
     ):
         lonely.on_epoch_end(adapter.build(), 0)
+    with pytest.raises(DetpruneError, match=r"mfp: holdout is a fraction of the training set in \(0, 1\), got 1.5"):
+        MFP(holdout=1.5)
     with pytest.raises(
         DetpruneError,
         match=r"mfp: the checkpoint's criterion 'cosine' is not among this run's "
@@ -233,3 +304,4 @@ def test_pipeline_trip_binds_mfp_and_the_pruned_model_scores_as_the_soft_pruned_
     assert (tmp_path / "run" / "mfp_criteria.png").exists()
     assert res.report["dense"]["metrics"]["top1"] == res.report["pruned"]["metrics"]["top1"]
     assert res.plan.meta["pruner"] == "mfp" and res.plan.meta["how"] == "the set zeroed at epoch 2"
+    assert res.report["data"]["train_images"] == 14 and res.report["data"]["holdout_images"] == 2  # 10 % of 16

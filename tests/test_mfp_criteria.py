@@ -1,6 +1,6 @@
 """MFP's distance criteria (minkowski-p1, minkowski-p2, cosine): equal to a direct scipy ``cdist``
-computation, concatenation across a residual group's producers, ε for zero filters, the redundant
-filter is the one that goes."""
+computation, concatenation across a residual group's producers, all-zero filters ranked lowest (so soft
+pruning's zeroed set stays at its target), the redundant filter is the one that goes."""
 
 from __future__ import annotations
 
@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import cdist
+from test_train_support import TinyAdapter, colour_dataset
 
 import detprune
 from detprune.graph import trace
-from detprune_plugins.criteria.distance import distance_sums, group_filter_matrix
+from detprune.plugin.context import PruneContext
+from detprune.training.distributed import make_loader
+from detprune.training.trainer import Trainer
+from detprune_plugins.criteria.distance import ZERO_SCORE, distance_sums, group_filter_matrix
+from detprune_plugins.mfp.pruner import MFP
 from zoo import build
 
 SCIPY = {"minkowski-p1": "cityblock", "minkowski-p2": "euclidean", "cosine": "cosine"}
@@ -52,15 +57,51 @@ def test_residual_group_concatenates_each_channels_filters_across_producers(name
     assert group_filter_matrix(model, g).shape == (g.size, sum(b.shape[1] for b in blocks))
 
 
-def test_cosine_is_finite_for_an_all_zero_filter():
+def test_cosine_is_finite_and_an_all_zero_filter_scores_lowest():
     x = torch.randn(6, 10)
     x[2] = 0.0  # a soft-pruned filter
     g = distance_sums(x, "cosine")
     assert torch.isfinite(g).all()
-    assert g[2].item() == pytest.approx(5.0)  # D = 1 to each of the 5 others, D(f, f) = 0
+    assert g[2].item() == ZERO_SCORE
     nz = [0, 1, 3, 4, 5]
     expected = cdist(x[nz].numpy(), x[nz].numpy(), "cosine").sum(1) + 1.0  # + the distance 1 to the zero row
     np.testing.assert_allclose(g[nz].numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(SCIPY))
+@pytest.mark.parametrize("normalize", [True, False])
+def test_all_zero_filters_rank_strictly_lowest(name, normalize):
+    model, x = build("simple_cnn")
+    graph = trace(model, x)
+    g = next(g for g in graph.groups if g.modules("out") == ["features.1.0"])
+    conv = model.features[1][0]
+    with torch.no_grad():
+        conv.weight[[3, 9]] = 0.0
+        conv.weight[5] *= 1e-3  # small but alive: scored by its distances
+    s = detprune.plugins().criterion(name, normalize=normalize).score(model, g, None)
+    assert torch.isfinite(s).all()
+    alive = [i for i in range(16) if i not in (3, 9)]
+    assert s[[3, 9]].max() < s[alive].min()
+    assert sorted(torch.argsort(s)[:2].tolist()) == [3, 9]
+    everything = distance_sums(torch.zeros(4, 5), name)  # a group with no filter left: all tie, still finite
+    assert everything.tolist() == [ZERO_SCORE] * 4
+
+
+@pytest.mark.parametrize("name", list(SCIPY))
+def test_soft_pruning_keeps_the_zeroed_set_at_its_target(name, tmp_path):
+    """Without momentum a zeroed channel (mask through BN, ReLU) gets no update and stays zero; if the
+    criterion ranked it above live filters, each epoch would zero new ones on top (cosine used to zero
+    the whole first layer)."""
+    torch.manual_seed(0)
+    adapter = TinyAdapter(width=8)
+    train = make_loader(colour_dataset(32, 1), 8, train=True, seed=0)
+    ctx = PruneContext(example_inputs=adapter.example_inputs(1), ratio=0.25, adapter=adapter, train_loader=train)
+    pruner = MFP(criteria=[name], progress=False).bind(ctx)
+    model = adapter.build()
+    Trainer(model, adapter, train, None, epochs=6, out_dir=tmp_path, pruner=pruner, lr=0.05, momentum=0.0,
+            warmup_epochs=0.5, progress=False, device="cpu").fit()  # fmt: skip
+    zeros = [int((m.weight.detach().flatten(1).norm(dim=1) == 0).sum()) for m in (model[0], model[3])]
+    assert zeros == [2, 4]  # 25 % of 8 and of 16
 
 
 @pytest.mark.parametrize("name", ["minkowski-p1", "minkowski-p2", "cosine"])

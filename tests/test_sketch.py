@@ -359,7 +359,7 @@ def test_empty_plan_changes_nothing():
     "opts,message",
     [
         ({"mode": "qr"}, "compensator 'sketch': mode must be one of fd, fd-liberty, svd, got 'qr'"),
-        ({"variant": "x"}, "compensator 'sketch': variant must be one of rebase, procrustes, got 'x'"),
+        ({"variant": "x"}, "compensator 'sketch': variant must be one of rebase, procrustes, filtersketch, got 'x'"),
         ({"bn": "drop"}, "compensator 'sketch': bn must be one of fold, reinit, keep, got 'drop'"),
         ({"alpha": 1.0}, r"compensator 'sketch': alpha must be in \[-1, 1\) \(a prune ratio\), got 1.0"),
         ({"calib_batches": -1}, "compensator 'sketch': calib_batches must be >= 0, got -1"),
@@ -374,3 +374,17 @@ def test_bad_options_are_one_line_errors(opts, message):
 def test_registered_as_a_compensator():
     comp = detprune.plugins().compensator("sketch", alpha=0.5, mode="svd", calib_batches=0, variant="procrustes")
     assert isinstance(comp, Sketch) and comp.bn == "keep" and comp.alpha == 0.5
+
+
+def test_filtersketch_variant_sketches_filters_and_leaves_consumers_selected():
+    """FilterSketch's init (a control of the fidelity study): the producer's filters become the
+    sketch, its consumers keep exactly the input slices plain selection gives them."""
+    model, x, graph = _setup(bn=False)
+    plan = _plan(graph, {("c2",): 4})
+    selected = graph.apply(model, plan)
+    pruned, comp = _compensate(model, graph, plan, alpha=0.3, mode="svd", variant="filtersketch")
+    assert comp.report["rebased"] == [_groups(graph)[("c2",)].id]
+    want = fd_sketch(model.c2.weight.detach().double().flatten(1), 4, "svd")
+    assert torch.allclose(pruned.c2.weight.detach().double().flatten(1), want, atol=1e-6)
+    assert torch.equal(pruned.c4.weight, selected.c4.weight)  # c4 reads c2's channels unmixed
+    assert not torch.equal(pruned.c2.weight, selected.c2.weight)

@@ -72,12 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_fidelity(args: argparse.Namespace) -> int:
     from detprune.bench.fidelity import runner
 
-    if args.threads is not None and args.threads < 1:
-        raise DetpruneError(f"--threads must be at least 1, got {args.threads}")
     try:
-        methods = runner.parse_methods(args.methods)
-        overrides = runner.parse_overrides(args.overrides)
-        result: dict[str, Any] = runner.run_all(methods, args.quick, overrides, args.threads, args.progress)
+        result: dict[str, Any] = runner.run_from_args(args)
     except runner.FidelityError as exc:
         raise DetpruneError(str(exc)) from None
     print(json.dumps(result, indent=2) if args.json else runner.table(result))

@@ -46,7 +46,7 @@ from detprune.pipeline.config import PipelineConfig, compensator_options, pruner
 from detprune.pipeline.report import markdown, write_report
 from detprune.pipeline.run_folder import RunFolder
 from detprune.pipeline.weights import open_model
-from detprune.plugin.context import PruneContext
+from detprune.plugin.context import PruneContext, split_holdout
 from detprune.recipe import ATTR, mark, save
 from detprune.training import distributed as D
 from detprune.training.trainer import Trainer
@@ -97,7 +97,7 @@ def _run(
     torch.manual_seed(cfg.seed)
     card = load_data_card(cfg)
     adapter, model = build_model(cfg, card)
-    data = Data.load(cfg, card, adapter.args.get("img_size"))
+    data = Data.load(cfg, card, adapter.args.get("img_size"), holdout=getattr(pruner, "holdout_fraction", 0.0))
     training: dict[str, Any] = {}
 
     if cfg.epochs_dense:
@@ -116,6 +116,7 @@ def _run(
         adapter=adapter,
         train_loader=data.train_loader,
         val_loader=data.val_loader,
+        holdout_loader=data.holdout_loader,
         device=device,
         seed=cfg.seed,
         progress=cfg.progress,
@@ -217,14 +218,25 @@ class Data:
     """The dataset card, its train/val splits (optionally thinned) and their loaders.
 
     The training split is loaded whenever the card has one, so data-driven criteria (ThiNet,
-    Taylor-style scores) get ``ctx.train_loader`` even when nothing trains.
+    Taylor-style scores) get ``ctx.train_loader`` even when nothing trains. With ``holdout`` > 0 (the
+    pruner's ``holdout_fraction``) that fraction of it, drawn by ``cfg.seed``, is held out of every
+    training phase into ``holdout_loader`` (``ctx.holdout_loader``): unseen images that are not the
+    scored val split.
     """
 
-    def __init__(self, card: Any, train_ds: Any, val_ds: Any, img_size: int, cfg: PipelineConfig):
+    def __init__(self, card: Any, train_ds: Any, val_ds: Any, img_size: int, cfg: PipelineConfig, holdout: float = 0.0):
+        self.holdout_ds = None
+        if holdout and train_ds is not None:
+            train_ds, self.holdout_ds = split_holdout(train_ds, holdout, cfg.seed)
         self.card, self.train_ds, self.val_ds, self.img_size, self.cfg = card, train_ds, val_ds, img_size, cfg
         collate = None
         if card.task == "detection":
             collate = collate_detection
+        self.holdout_loader = (
+            None
+            if self.holdout_ds is None
+            else D.make_loader(self.holdout_ds, cfg.batch_size, train=False, workers=cfg.workers, collate_fn=collate)
+        )
         self.train_loader = (
             None
             if train_ds is None
@@ -235,7 +247,7 @@ class Data:
         self.val_loader = D.make_loader(val_ds, cfg.batch_size, train=False, workers=cfg.workers, collate_fn=collate)
 
     @classmethod
-    def load(cls, cfg: PipelineConfig, card: Any = None, img_size: int | None = None) -> Data:
+    def load(cls, cfg: PipelineConfig, card: Any = None, img_size: int | None = None, holdout: float = 0.0) -> Data:
         card = card if card is not None else load_data_card(cfg)
         size = img_size or cfg.img_size or card.img_size or DEFAULT_IMG_SIZE[card.task]
         val_ds = build_dataset(card, split=cfg.val_split, img_size=size, train=False)
@@ -243,7 +255,7 @@ class Data:
         train_ds = None
         if needs_train or card.has_split(cfg.train_split):
             train_ds = build_dataset(card, split=cfg.train_split, img_size=size, train=True)
-        return cls(card, _thin(train_ds, cfg.train_limit), _thin(val_ds, cfg.val_limit), size, cfg)
+        return cls(card, _thin(train_ds, cfg.train_limit), _thin(val_ds, cfg.val_limit), size, cfg, holdout)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -253,6 +265,7 @@ class Data:
             "train_split": self.cfg.train_split if self.train_ds is not None else None,
             "val_split": self.cfg.val_split,
             "train_images": len(self.train_ds) if self.train_ds is not None else 0,
+            "holdout_images": len(self.holdout_ds) if self.holdout_ds is not None else 0,
             "val_images": len(self.val_ds),
         }
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from detprune.errors import DetpruneError
 from detprune.graph import ChannelGraph, trace
@@ -26,6 +27,10 @@ class PruneContext:
     (e.g. ``{"alpha": 0.3, "shortcut": "sketch"}``); each plugin documents the keys it reads.
     ``graph`` is the dense model's graph: the host sets it right after tracing, before any plugin
     runs; a plugin used on its own gets one from :meth:`require_graph`.
+    ``holdout_loader``: training images held out of training, for methods that judge the model on
+    unseen data without touching the evaluation split (MFP's meta-attribute). The pipeline fills it
+    when the pruner asks (``Pruner.holdout_fraction``), splitting the training set by
+    :func:`split_holdout` and training on the rest only.
     """
 
     example_inputs: tuple[Any, ...] = ()
@@ -37,6 +42,7 @@ class PruneContext:
     adapter: ModelAdapter | None = None
     train_loader: Iterable[Any] | None = None
     val_loader: Iterable[Any] | None = None
+    holdout_loader: Iterable[Any] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -59,3 +65,16 @@ class PruneContext:
         protected = tuple(self.adapter.protected(model)) if self.adapter is not None else ()
         self.graph = trace(model, inputs, protected=protected)
         return self.graph
+
+
+def split_holdout(dataset: Dataset, fraction: float, seed: int = 0) -> tuple[Subset, Subset]:
+    """``(train, holdout)``: ``fraction`` of ``dataset`` (at least one sample, never all) drawn by ``seed``.
+
+    One deterministic rule, so a pipeline's held-out images and a plugin's own carve-out agree.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if not 0.0 < fraction < 1.0 or n < 2:
+        raise DetpruneError(f"a holdout needs 0 < fraction < 1 and 2+ samples, got {fraction} of {n}")
+    k = min(max(1, round(fraction * n)), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return Subset(dataset, sorted(order[k:].tolist())), Subset(dataset, sorted(order[:k].tolist()))

@@ -62,6 +62,9 @@ class Pruner:
     """
 
     ctx: PruneContext | None = None
+    #: fraction of the training set the pipeline holds out of all training into ``ctx.holdout_loader``
+    #: (0: none); for pruners that judge the model on unseen training images.
+    holdout_fraction: float = 0.0
 
     def attach(self, graph: ChannelGraph) -> None:
         """The model's channel graph, before training."""

@@ -7,7 +7,10 @@ g_j = Σ_k D(f_j, f_k), the tractable surrogate of FPGM's geometric median (He e
 FPGM issue #65). A filter close to all the others (small g) is redundant: the others can stand in
 for it, so the smallest g go first and the score (higher = keep) is g itself. The distances are
 D₁ = ‖f_j − f_k‖₁, D₂ = ‖f_j − f_k‖₂ and D_cos = 1 − f_jᵀf_k / (‖f_j‖‖f_k‖ + ε) (ε keeps an
-all-zero, soft-pruned filter finite; D(f, f) = 0 by definition). ../shared/research/algorithms.md
+all-zero filter finite; D(f, f) = 0 by definition). An all-zero filter (soft-pruned, SFP) is already
+gone: it scores :data:`ZERO_SCORE`, below every distance sum, so it is pruned first. Scored by its
+distances it would sit mid-ranking (cosine: 1 to everything) or near the top (Minkowski: ‖f_k‖ to
+each), and under soft pruning the zeroed set would grow past the target every epoch. ../shared/research/algorithms.md
 §2.2 has the math, §2.6 the reference code's bugs not repeated here (FPGM's always-true
 ``dist_type`` tests that made ``l1`` Euclidean and never ran ``cos``).
 
@@ -30,18 +33,25 @@ from detprune.plugin.protocols import Criterion
 #: distance name -> the p of the per-producer normaliser (cosine uses the Euclidean norm).
 KINDS = {"minkowski-p1": 1.0, "minkowski-p2": 2.0, "cosine": 2.0}
 
+#: the score of an all-zero filter: finite (the planner rejects inf) and below every distance sum (>= 0).
+ZERO_SCORE = -1.0
+
 
 def distance_sums(x: torch.Tensor, kind: str, eps: float = 1e-8) -> torch.Tensor:
-    """g_j = Σ_k D(x_j, x_k) for the rows of ``x`` ``[n, d]`` (vectorised: one ``[n, n]`` matrix)."""
+    """g_j = Σ_k D(x_j, x_k) for the rows of ``x`` ``[n, d]`` (vectorised: one ``[n, n]`` matrix).
+
+    A row whose norm is at most ``eps`` times the largest (numerically zero) gets :data:`ZERO_SCORE`.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown distance {kind!r}; known: {', '.join(KINDS)}")
+    norms = x.norm(dim=1)
     if kind == "cosine":
-        norms = x.norm(dim=1)
         d = 1.0 - (x @ x.t()) / (norms[:, None] * norms[None, :] + eps)
     else:
         d = torch.cdist(x[None], x[None], p=KINDS[kind])[0]
     d.fill_diagonal_(0.0)
-    return d.sum(dim=1)
+    zero = norms <= eps * norms.max().clamp_min(torch.finfo(norms.dtype).tiny)
+    return d.sum(dim=1).masked_fill(zero, ZERO_SCORE)
 
 
 def group_filter_matrix(model: nn.Module, group, normalize: bool = True, p: float = 2.0) -> torch.Tensor:
@@ -72,7 +82,8 @@ class _Distance(Criterion):
         """
         :param normalize: divide each producer's rows by its mean p-norm before the distances, so every
             producer of a coupled group weighs the same.
-        :param eps: added to norms in the cosine distance: an all-zero (soft-pruned) filter is far from all.
+        :param eps: added to norms in the cosine distance; a filter whose norm is at most ``eps`` times the
+            largest counts as zero (already pruned) and scores lowest.
         """
         self.normalize, self.eps = normalize, eps
 

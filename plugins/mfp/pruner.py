@@ -21,9 +21,13 @@ certain and what is a proposal. What this plugin implements (§2.4 pseudocode):
   ``minkowski-p2``, ``cosine`` (:mod:`distance_criteria`); any registered criterion name works.
 * Switching (the paper's contribution): at each switching epoch, for every criterion c, build the
   neighbour network W ⊙ M_c (c's selection zeroed, in place and restored), measure the
-  meta-attribute on a fixed held-out batch set, and follow the criterion whose neighbour changes it
+  meta-attribute on a fixed set of held-out *training* images, and follow the criterion whose neighbour changes it
   least versus the unmasked network. The attribute is a hook (:mod:`mfp_meta`: ``loss`` by default,
   ``weight-mean``, ``sparsity`` or a callable). Each choice is logged and kept in ``history``.
+  The batches come from ``ctx.holdout_loader`` (the pipeline holds ``holdout`` of the training set
+  out of training for it), else from the same seeded split of ``ctx.train_loader``'s dataset
+  (:func:`split_holdout`; a caller that trains on the whole loader trains on those images too);
+  never from ``ctx.val_loader``: choosing by the scored split would leak it into the result.
 * ``plan`` hard-prunes at the end: the zeroed set itself when the weights still hold the mask,
   otherwise the current criterion's selection on the current weights.
 
@@ -52,7 +56,7 @@ import detprune
 from detprune.data.collate import move_batch
 from detprune.errors import DetpruneError
 from detprune.graph.plan import PruningPlan
-from detprune.plugin.context import PruneContext
+from detprune.plugin.context import PruneContext, split_holdout
 from detprune.plugin.protocols import Pruner
 from detprune.training import distributed as D
 from detprune_plugins.common.channel_mask import ChannelMask, channel_mask
@@ -78,6 +82,7 @@ class MFP(Pruner):
         hard: bool = False,
         initial: str = "l2",
         mask_bn: bool = True,
+        holdout: float = 0.1,
         progress: bool = True,
     ):
         """
@@ -87,6 +92,8 @@ class MFP(Pruner):
         :param prune_every: re-select and zero the channels every this many epochs (SFP: 1).
         :param meta: the meta-attribute: ``loss`` (held-out loss), ``weight-mean``, ``sparsity`` or a callable.
         :param meta_batches: held-out batches the attribute is measured on (drawn once, kept).
+        :param holdout: fraction of the training set held out for those batches (``ctx.holdout_loader``;
+            used only by a meta-attribute that reads data).
         :param hard: re-apply the mask after every optimiser step instead of once per epoch.
         :param initial: the criterion followed until the first switch (SFP's ``l2``).
         :param mask_bn: zero BN γ, β with the filters (masked == pruned); ``False`` is SFP's original mask.
@@ -104,6 +111,11 @@ class MFP(Pruner):
         self.switch_every, self.prune_every, self.meta_batches = int(switch_every), int(prune_every), int(meta_batches)
         self.meta_name, self.meta_fn = mfp_meta.resolve(meta)
         self.hard, self.mask_bn, self.progress = bool(hard), bool(mask_bn), bool(progress)
+        if not 0.0 < float(holdout) < 1.0:
+            raise DetpruneError(f"mfp: holdout is a fraction of the training set in (0, 1), got {holdout}")
+        self.holdout = float(holdout)
+        reads_data = self.meta_name in mfp_meta.NEEDS_DATA or self.meta_name not in mfp_meta.META_ATTRIBUTES
+        self.holdout_fraction = self.holdout if reads_data else 0.0  # what the pipeline holds out for us
         host = detprune.plugins()
         self._scorers = {c: host.criterion(c) for c in self.criteria}  # unknown names fail here, listing the known
         self.criterion = initial if initial in self.criteria else self.criteria[0]  # SFP ranks by l2 until a switch
@@ -242,17 +254,29 @@ class MFP(Pruner):
             scores = {g.id: self._scorers[name].score(model, g, ctx) for g in graph.prunable_groups()}
         return graph.plan(scores, ctx.ratio, round_to=ctx.round_to, min_keep=ctx.min_keep)
 
+    def _holdout_loader(self) -> Any:
+        """``ctx.holdout_loader``, else a loader over the ``holdout`` split of the train loader's dataset."""
+        ctx = self._require_ctx()
+        if ctx.holdout_loader is not None:
+            return ctx.holdout_loader
+        train = ctx.train_loader
+        if train is None or not hasattr(train, "dataset"):
+            return None
+        log.info("mfp: no ctx.holdout_loader; meta batches from a %.0f%% split of the train loader", 100 * self.holdout)
+        _, held = split_holdout(train.dataset, self.holdout, ctx.seed)
+        batch = getattr(train, "batch_size", None) or 1
+        return torch.utils.data.DataLoader(held, batch, shuffle=False, collate_fn=getattr(train, "collate_fn", None))
+
     def _held_out(self, model: nn.Module) -> list[Any]:
-        """The fixed meta batches: the first ``meta_batches`` of the val loader (else the train loader)."""
+        """The fixed meta batches: the first ``meta_batches`` of the held-out training images."""
         device = next(model.parameters()).device
         if self._batches is None:
-            ctx = self._require_ctx()
-            loader = ctx.val_loader if ctx.val_loader is not None else ctx.train_loader
+            loader = self._holdout_loader()
             if loader is None:
                 if self.meta_name in mfp_meta.NEEDS_DATA:
                     raise DetpruneError(
-                        f"mfp: meta={self.meta_name!r} needs held-out batches, but the bound "
-                        "PruneContext has neither val_loader nor train_loader"
+                        f"mfp: meta={self.meta_name!r} needs held-out training images, but the bound "
+                        "PruneContext has neither holdout_loader nor a DataLoader train_loader"
                     )
                 self._batches = []
             else:

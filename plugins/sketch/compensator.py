@@ -29,6 +29,9 @@ print its formula (1); this is **detprune's precise reading** (research/algorith
 ``variant="procrustes"`` keeps channel identities: the sketch is rotated (orthogonal Procrustes,
 which leaves ``B^T B`` unchanged) onto the kept original filters, so new channel ``j`` stays close
 to the kept channel whose place it takes, and the BN is kept (``bn="keep"``).
+``variant="filtersketch"`` is FilterSketch's initialisation (Lin et al., TNNLS 2021) as a control:
+the layer's filters become their sketch ``B``, but the consumers are not re-based: they read sketch
+channel ``j`` where they read kept channel ``j`` (plain selection of their input slices).
 
 Limits: channel mixing is exact only through linear maps; the activation between a producer and
 its consumers makes ``Q^+ act(Q y) != act(y)`` (measured in benchmarks/sketch_before_finetune.py),
@@ -66,7 +69,7 @@ from detprune_plugins.sketch.weights import (
 )
 
 log = logging.getLogger(__name__)
-VARIANTS = ("rebase", "procrustes")
+VARIANTS = ("rebase", "procrustes", "filtersketch")
 
 
 class SketchOptionError(DetpruneError, ValueError):
@@ -91,8 +94,9 @@ class Sketch(Compensator):
         :param mode: the sketch: ``fd`` (Frequent Directions, 2ℓ buffer, the paper's), ``fd-liberty``
             (Liberty's ℓ buffer) or ``svd`` (the exact optimum, for tests).
         :param calib_batches: training batches for the new channels' BN statistics (0: propagate them).
-        :param variant: ``rebase`` (new filters B = QA, consumers re-based with Q⁺) or ``procrustes``
-            (the sketch rotated onto the kept filters: channel identities stay).
+        :param variant: ``rebase`` (new filters B = QA, consumers re-based with Q⁺), ``procrustes``
+            (the sketch rotated onto the kept filters: channel identities stay) or ``filtersketch``
+            (FilterSketch's init: filters sketched, consumers keep their selected input slices).
         :param bn: ``fold`` (sketch BN-folded filters; default for rebase), ``reinit`` (γ=1, β=0, AdaBN)
             or ``keep`` (default for procrustes).
         :param recalibrate: ``new`` (only the sketched channels' BN) or ``all`` (AdaBN on every BN after).
@@ -224,6 +228,10 @@ class Sketch(Compensator):
             rows = torch.searchsorted(lay.mix, lay.kept)
             B = procrustes_align(B, A[rows])
         Q, err = rebase_factors(A, B)
+        if self.variant == "filtersketch":  # consumers read sketch channel j where kept channel j was
+            select = torch.zeros(Q.shape[1], Q.shape[0], dtype=Q.dtype, device=Q.device)
+            select[torch.searchsorted(lay.mix, lay.kept).to(Q.device), torch.arange(Q.shape[0], device=Q.device)] = 1
+            return Rebase(lay, Q, select, err)
         return Rebase(lay, Q, torch.linalg.pinv(Q), err)
 
     @staticmethod

@@ -21,9 +21,8 @@ of the decomposition, not an assumption.
 from __future__ import annotations
 
 import contextlib
-import random
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +34,8 @@ from tqdm.auto import tqdm
 
 from detprune.errors import DetpruneError
 from detprune.graph.capture import evaluating
+from detprune_plugins.common.sampling import batch_images as _batch_images
+from detprune_plugins.common.sampling import seeded
 
 SUPPORTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -79,22 +80,6 @@ def column_map(input_ids: np.ndarray) -> torch.Tensor:
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first)] = np.arange(len(first))
     return torch.from_numpy(rank[inverse.reshape(-1)]).long()
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Fix python, numpy and torch RNGs (data shuffling, augmentation, workers) and restore them after."""
-    py, npy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 def _generator(seed: int, name: str) -> torch.Generator:
@@ -215,19 +200,8 @@ class _Enough(BaseException):
 
 
 def batch_images(batch: Any) -> torch.Tensor:
-    """The image tensor of a loader batch: ``(images, ...)``, ``{"image"|"images": ...}`` or a tensor."""
-    if torch.is_tensor(batch):
-        return batch
-    if isinstance(batch, (list, tuple)) and batch and torch.is_tensor(batch[0]):
-        return batch[0]
-    if isinstance(batch, Mapping):
-        for key in ("images", "image", "img"):
-            if torch.is_tensor(batch.get(key)):
-                return batch[key]
-    raise SamplingError(
-        f"cannot find the images in a loader batch of type {type(batch).__name__}: "
-        "expected (images, targets, ...) or an image tensor"
-    )
+    """The image tensor of a loader batch (:func:`detprune_plugins.common.sampling.batch_images`)."""
+    return _batch_images(batch, "", SamplingError)
 
 
 @torch.no_grad()

@@ -1,20 +1,25 @@
-"""Fidelity of MFP (He et al., arXiv 1904.03961): does switching the pruning criterion by the
-meta-attribute beat soft filter pruning with each single criterion it switches among?
+"""MFP's claim: does switching the pruning criterion by a meta-attribute beat soft pruning with any
+single criterion it switches among?
 
-Protocol (the same for every row, side by side): one dense model is trained once; from copies of
-it, soft pruning trains for ``soft_epochs`` epochs at ``ratio`` (fraction of channels removed in
-every prunable group, zeroed at each epoch end, SFP §3.2), once with ``mfp`` (criteria l1, l2,
-minkowski-p1, minkowski-p2, cosine; meta-attribute = held-out loss on 2 batches) and once per single
-criterion (``mfp`` with that criterion alone = SFP/FPGM with a group-aware, exactly-zeroed mask). Each
-is then hard-pruned by its plan (the physically smaller model equals the masked one) and its top-1 is
-measured on the held-out split, without further fine-tuning (SFP's protocol). Same seed, same batch
-order, same learning-rate schedule for every run.
+The claim (He et al., arXiv 1904.03961 / TNNLS "Filter Pruning by Switching to Neighboring CNNs with
+Good Attributes"): re-choosing, at every epoch of soft filter pruning, the criterion whose zeroed
+selection moves a meta-attribute (here: the loss on held-out training images) least gives a better
+pruned network than SFP/FPGM with one fixed criterion.
 
-Data: VGG-16 (CIFAR variant) on the real CIFAR-10 images in ../shared/data/cifar10-sample when present
-(balanced subsets in quick mode, no augmentation), else a synthetic 10-class grating set. ``quick``
-shrinks everything to finish in ~3 minutes on a 2-core CPU (one torch thread: on a shared 2-core
-machine a second thread costs ~10x in spin-waits); the full run (ResNet-56, the SFP/FPGM CIFAR
-setting) belongs on a GPU.
+Protocol per seed: one dense VGG16-CIFAR (``Study.build`` / ``Study.fit``); from copies of it, soft
+pruning for ``soft_epochs`` at ``ratio`` (that fraction of every prunable group zeroed at each epoch
+end, SFP §3.2) with
+
+* ``mfp``: the pool ``criteria``, meta batches from the Study's holdout split (training images held
+  out of all training, passed as ``PruneContext.holdout_loader``; never the scored test split);
+* each single criterion of ``baselines`` alone (``mfp`` with a one-criterion pool = SFP/FPGM with a
+  group-aware, exactly-zeroed mask), same schedule, same batch order;
+
+every arm once per ``mask_bn`` mode (on: BN γ, β zeroed with the filters, masked == pruned; off: SFP's
+original filter-only mask). Each is hard-pruned by its own plan and scored on every test image
+without fine-tuning (SFP's protocol). Soft pruning trains on ``soft_train`` of the training images per
+epoch (None: all of them): 15+ epochs must fit the budget, one quick seed ~1 minute on one thread of a
+2-core CPU (2 minutes when the machine is shared), a full seed ~17 minutes (estimated from the quick one).
 
     python -m detprune.bench.fidelity.mfp [--full] [--json]
 """
@@ -23,136 +28,86 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
-import time
-from pathlib import Path
+from typing import Any
 
-import torch
-
-import detprune
-from detprune.bench.fidelity.data import bench_threads, train_test
-from detprune.eval.evaluate import evaluate_classifier
-from detprune.graph import trace
+from detprune.bench.fidelity.common import Study, copy_of, params, row, subset
 from detprune.plugin.context import PruneContext
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
 from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 
-QUICK = dict(
-    model="vgg16-cifar",
-    args=dict(width=0.125),
-    n_train=2500,
-    n_test=1000,
-    dense_epochs=8,
-    soft_epochs=3,
-    ratio=0.4,
-    batch=64,
-    lr=0.05,
-    soft_lr=0.01,
-    threads=1,
-    mask_bn=True,
-)
-FULL = dict(
-    model="resnet56-cifar",
-    args=dict(width=1.0),
-    n_train=None,
-    n_test=None,
-    dense_epochs=60,
-    soft_epochs=30,
-    ratio=0.4,
-    batch=128,
-    lr=0.1,
-    soft_lr=0.01,
-    threads=None,
-    mask_bn=True,
-)
+QUICK = dict(width=0.125, n_train=2250, n_test=None, holdout=250, epochs=4, lr=0.05, batch=64, soft_epochs=15,
+             soft_train=256, soft_lr=0.01, ratio=0.3, criteria=DEFAULT_CRITERIA, baselines=("l2", "cosine"),
+             mask_bn=(True, False), meta_batches=2, seeds=3, threads=1)  # fmt: skip
+FULL = dict(width=0.25, n_train=None, n_test=None, holdout=500, epochs=30, lr=0.1, batch=64, soft_epochs=20,
+            soft_train=1024, soft_lr=0.01, ratio=0.4, criteria=DEFAULT_CRITERIA, baselines=DEFAULT_CRITERIA,
+            mask_bn=(True, False), meta_batches=4, seeds=3, threads=None)  # fmt: skip
 
 
-def _soft_prune(dense_state, adapter, train, test, criteria, cfg, out: Path) -> tuple[float, MFP, dict]:
-    model = adapter.build()
-    model.load_state_dict(dense_state)
-    ctx = PruneContext(
-        example_inputs=adapter.example_inputs(1),
-        ratio=cfg["ratio"],
-        adapter=adapter,
-        train_loader=train,
-        val_loader=test,
-    )
-    pruner = MFP(criteria=criteria, mask_bn=cfg["mask_bn"], progress=False).bind(ctx)
-    Trainer(
-        model,
-        adapter,
-        train,
-        None,
-        epochs=cfg["soft_epochs"],
-        out_dir=out,
-        pruner=pruner,
-        lr=cfg["soft_lr"],
-        warmup_epochs=0,
-        progress=False,
-        seed=0,
-    ).fit()
+class _Unsaved(Trainer):
+    """A Trainer that writes nothing per epoch: no soft run is resumed, and its plot costs more than a quick epoch."""
+
+    def save(self, best: bool = False) -> None:
+        pass
+
+
+def _tag(mask_bn: bool) -> str:
+    return "mask_bn" if mask_bn else "no mask_bn"
+
+
+def _soft_prune(dense, study: Study, train, criteria, mask_bn: bool, cfg: dict[str, Any]):
+    """Soft-prune a copy of ``dense``, then hard-prune it by its plan: ``(pruned model, pruner)``."""
+    model = copy_of(dense).train()
+    graph = study.graph(model)
+    ctx = PruneContext(ratio=cfg["ratio"], adapter=study.adapter, train_loader=train, holdout_loader=study.holdout,
+                       graph=graph, seed=study.seed, progress=False)  # fmt: skip
+    pruner = MFP(criteria=criteria, mask_bn=mask_bn, meta_batches=cfg["meta_batches"], progress=False).bind(ctx)
+    _Unsaved(model, study.adapter, train, None, epochs=cfg["soft_epochs"], out_dir=study.tmp / "soft", pruner=pruner,
+             lr=cfg["soft_lr"], warmup_epochs=0, progress=False, seed=study.seed).fit()  # fmt: skip
     model.eval()
-    graph = trace(model, ctx.example_inputs, protected=tuple(adapter.protected(model)))
-    plan = pruner.plan(model, graph, ctx)
-    pruned = graph.apply(model, plan)
-    params = sum(p.numel() for p in pruned.parameters())
-    top1 = evaluate_classifier(pruned, test, progress=False)["top1"]
-    return top1, pruner, {"params": params, "how": plan.meta["how"]}
+    return graph.apply(model, pruner.plan(model, graph, ctx)), pruner
 
 
-def run(quick: bool = True) -> list[dict]:
-    """Rows ``{"method": "mfp", "baseline": "sfp-<criterion>", "metric": "top1", ...}``, one per criterion."""
-    cfg = QUICK if quick else FULL
+def run_seed(cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """One seed: the dense model, every (pool, mask_bn) arm soft-pruned and hard-pruned, the paired rows."""
     logging.getLogger("detprune").setLevel(logging.WARNING)
-    with bench_threads(cfg["threads"]):
-        t0 = time.perf_counter()
-        train_ds, test_ds, source = train_test(cfg)
-        adapter = detprune.plugins().adapter(cfg["model"], **cfg["args"])
-        train = make_loader(train_ds, cfg["batch"], train=True, seed=0)
-        test = make_loader(test_ds, 256, train=False)
-        torch.manual_seed(0)
-        with tempfile.TemporaryDirectory() as tmp:
-            dense = adapter.build()
-            Trainer(
-                dense,
-                adapter,
-                train,
-                None,
-                epochs=cfg["dense_epochs"],
-                out_dir=Path(tmp) / "dense",
-                lr=cfg["lr"],
-                progress=False,
-                seed=0,
-            ).fit()
-            dense_top1 = evaluate_classifier(dense, test, progress=False)["top1"]
-            state = {k: v.clone() for k, v in dense.state_dict().items()}
-            results = {}
-            for name in ("mfp", *DEFAULT_CRITERIA):
-                criteria = DEFAULT_CRITERIA if name == "mfp" else (name,)
-                results[name] = _soft_prune(state, adapter, train, test, criteria, cfg, Path(tmp) / name)
-        mfp_top1, mfp, info = results["mfp"]
-        trace_ = " ".join(f"e{e + 1}:{c}" for e, c in mfp.chosen())
-        common = (
-            f"{cfg['model']} {cfg['args']} on {source} ({len(train_ds)} train / {len(test_ds)} test), "
-            f"dense {cfg['dense_epochs']} ep top1 {dense_top1:.4f}; soft pruning {cfg['soft_epochs']} ep at "
-            f"ratio {cfg['ratio']} (mask_bn={cfg['mask_bn']}), no fine-tune; mfp chose [{trace_}]; "
-            f"pruned params {info['params']}; {time.perf_counter() - t0:.0f}s total"
-        )
-        return [
-            {
-                "method": "mfp",
-                "baseline": f"sfp-{name}",
-                "metric": "top1",
-                "method_value": round(mfp_top1, 4),
-                "baseline_value": round(results[name][0], 4),
-                "notes": common,
-            }
-            for name in DEFAULT_CRITERIA
-        ]
+    study = Study(cfg, seed, holdout=cfg["holdout"])
+    dense = study.fit(study.build(), cfg["epochs"], cfg["lr"])
+    soft_ds = study.train_ds if cfg["soft_train"] is None else subset(study.train_ds, cfg["soft_train"], seed)
+    train = make_loader(soft_ds, cfg["batch"], train=True, seed=seed)
+    pools = {"mfp": tuple(cfg["criteria"]), **{c: (c,) for c in cfg["baselines"]}}
+    top1, size, trace = {}, {}, {}
+    for mask_bn in cfg["mask_bn"]:
+        for name, pool in pools.items():
+            pruned, pruner = _soft_prune(dense, study, train, pool, mask_bn, cfg)
+            key = f"{name}({_tag(mask_bn)})"
+            top1[key], size[key] = study.top1(pruned), params(pruned)
+            if name == "mfp":
+                trace[key] = " ".join(c for _, c in pruner.chosen())
+
+    held = len(study.holdout_ds)
+    meta_images = min(held, cfg["meta_batches"] * cfg["batch"])
+    notes = (f"{study.describe()}; dense {cfg['epochs']} ep top1 {study.top1(dense):.4f} ({params(dense):,} params); "
+             f"soft pruning {cfg['soft_epochs']} ep lr {cfg['soft_lr']} on {len(soft_ds)} train images at ratio "
+             f"{cfg['ratio']}, hard-pruned, no fine-tune, top1 on all {len(study.test_ds)} test images; mfp pool "
+             f"{','.join(cfg['criteria'])}, meta = loss on {cfg['meta_batches']} batches ({meta_images} of the "
+             f"{held} holdout images, never test); mfp chose: "
+             + "; ".join(f"{k} [{v}]" for k, v in trace.items()))  # fmt: skip
+    rows = []
+    for mask_bn in cfg["mask_bn"]:
+        m = f"mfp({_tag(mask_bn)})"
+        metric = f"top1 after soft pruning (mask_bn {'on' if mask_bn else 'off'})"
+        for c in cfg["baselines"]:
+            b = f"{c}({_tag(mask_bn)})"
+            rows.append(row(m, b, metric, top1[m], top1[b], size[m], size[b], notes))
+    if len(cfg["mask_bn"]) > 1:  # the exact mask (masked == pruned) vs SFP's filter-only one
+        on, off = "mfp(mask_bn)", "mfp(no mask_bn)"
+        rows.append(row(on, off, "top1 after soft pruning: mask_bn on vs off", top1[on], top1[off], size[on],
+                        size[off], notes))  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":
-    from fidelity import method_main
+    from detprune.bench.fidelity.runner import method_main
 
     sys.exit(method_main("mfp"))

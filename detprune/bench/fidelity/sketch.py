@@ -1,33 +1,25 @@
-"""Fidelity of the seed paper's Matrix-Sketching compensation (Sun et al. 2021): at the same
-Network Slimming ratio and the same fine-tuning budget, does NS + sketch beat NS alone?
+"""The seed paper's Table 2, and the controls it omits: does Matrix-Sketching compensation let Network
+Slimming prune harder at the same accuracy?
 
-The claim (seed text, VGG16 on CIFAR-10 and YOLOv3/CenterNet on VisDrone): sketching the filters of
-layers pruned beyond ``alpha`` (``sketch`` compensator, Frequent Directions, ``docs/internals.md``
-§6) brings the global information of all original filters into the pruned layer, so the pruned
-network starts closer to the dense one and ends better after fine-tuning.
+The claim (Sun et al. 2021, Table 2, VGG16 on CIFAR-10): NS at ratio p1 gives 0.84M / 92.6 %; NS at a
+higher ratio p2 plus sketching the layers pruned beyond α gives 0.76M / 93.4, 93.3, 93.2 % for α =
+0.2, 0.3, 0.5 — fewer parameters *and* better accuracy. The paper compares NS@p1 with NS+sketch@p2 and
+never runs NS@p2 without the sketch, so the table cannot tell what the sketch adds. Here, from one
+sparsity-trained dense checkpoint per seed (Network Slimming's s·sign(γ), the ``slimming`` pruner),
+every arm is fine-tuned with the same budget, and scored on every test image:
 
-Protocol (side by side, one model): VGG16-CIFAR is trained once with Network Slimming's sparsity
-term (Liu et al. 2017 §3.2, ``slimming`` pruner, ``γ.grad += s·sign(γ)``); one global |γ| threshold
-at ``ratio`` (§3.3) gives the plan of both arms (``shortcut="shared"`` for NS, ``"sketch"`` for
-NS + sketch, as the demo's arms; VGG has no residual add, so both plans keep the same channels).
-Rows, all top-1 on the held-out split:
+* ``ns@p1``                 plain NS at p1 (the paper's NS row);
+* ``ns+adabn@p2``           plain NS at p2 + AdaBN on every BN: **the missing control**;
+* ``ns+fold+adabn@p2``      + Network Slimming's β folding (``fold-beta``) before AdaBN;
+* ``ns+sketch(α)@p2``       + the ``sketch`` compensator (``rebase``, BN folded) at each α, AdaBN on every BN;
+* ``procrustes@p2``         the sketch rotated onto the kept filters (channel identities kept), BN folded;
+* ``filtersketch@p2``       FilterSketch's init (Lin et al. 2021): every pruned layer's filters sketched,
+  consumers not re-based;
+* ``scratch@p2``            the p2 architecture trained from scratch for the dense + fine-tune epochs
+  (Liu et al., "Rethinking the value of network pruning").
 
-* before fine-tuning: NS (plain selection, as surgery leaves it) vs NS + sketch (the
-  compensator's defaults: ``rebase``, BN folded, new channels' BN calibrated);
-* before fine-tuning, BN recalibration taken out of the comparison: NS + AdaBN on every BN vs NS +
-  sketch with ``recalibrate="all"`` (the same AdaBN after sketching, the same batches), so sketching
-  is not credited with what recalibrating BN alone does;
-* after ``finetune_epochs`` epochs (same lr, schedule, seed and batch order) from the first row's
-  two models;
-* the same two rows for the variant that keeps channel identities (``variant="procrustes"``: the
-  sketch rotated onto the kept filters, BN kept), which issue 7 asks for when the precise reading
-  hurts before fine-tuning.
-
-Data: the real CIFAR-10 images of ../shared/data/cifar10-sample when present (balanced subsets in
-quick mode, no augmentation), else synthetic gratings (``fidelity_data``). ``quick`` is sized for
-about a minute on a shared 2-core CPU (one torch thread) and uses the seed-tables' quick sparsity
-(s = 5e-3, measured with detprune bench seed-tables to put most |γ| near zero in a short run); the
-full run (width 1, all images, 160 + 40 epochs, s = 1e-4 as in Network Slimming) belongs on a GPU.
+p2 is chosen so that the per-layer prune ratios straddle every α (the notes count the layers below,
+between and above); the rows say which comparisons the table makes and which it omits.
 
     python -m detprune.bench.fidelity.sketch [--full] [--json]
 """
@@ -36,187 +28,109 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import detprune
-from detprune.bench.fidelity.data import bench_threads, train_test
-from detprune.eval.evaluate import evaluate_classifier
-from detprune.graph import trace
+from detprune.bench.fidelity.common import Study, params, row
 from detprune.plugin.context import PruneContext
-from detprune.training.distributed import make_loader
-from detprune.training.trainer import Trainer
 from detprune_plugins.sketch.bn import adabn
 
-QUICK = dict(
-    width=0.25,
-    n_train=2000,
-    n_test=1000,
-    epochs=15,
-    s=5e-3,
-    lr=0.1,
-    batch=64,
-    ratio=0.7,
-    alpha=0.3,
-    calib_batches=10,
-    finetune_epochs=5,
-    finetune_lr=0.01,
-    threads=1,
-)
-FULL = dict(
-    width=1.0,
-    n_train=None,
-    n_test=None,
-    epochs=160,
-    s=1e-4,
-    lr=0.1,
-    batch=64,
-    ratio=0.7,
-    alpha=0.3,
-    calib_batches=20,
-    finetune_epochs=40,
-    finetune_lr=0.01,
-    threads=None,
-)
+QUICK = dict(width=0.125, n_train=2500, n_test=None, epochs=10, s=5e-3, lr=0.1, batch=64, p1=0.55, p2=0.65,
+             alphas=(0.2, 0.5), calib_batches=10, finetune_epochs=3, finetune_lr=0.01, seeds=3, threads=1)  # fmt: skip
+FULL = dict(width=0.25, n_train=None, n_test=None, epochs=30, s=2e-3, lr=0.1, batch=64, p1=0.55, p2=0.65,
+            alphas=(0.2, 0.5), calib_batches=20, finetune_epochs=10, finetune_lr=0.01, seeds=3,
+            threads=None)  # fmt: skip
 
 
-def _params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def _layer_ratios(graph, plan) -> list[float]:
+    """Prune ratio of every prunable group's producer layer (VGG: one producer per group)."""
+    return [1.0 - plan.kept_count(g.id, g.size) / g.size for g in graph.prunable_groups()]
 
 
-def _arms(dense, graph, slimming, cfg, train) -> dict[str, Any]:
-    """The pruned starting points: plain NS, NS + AdaBN, NS + sketch (defaults), NS + sketch + AdaBN on
-    every BN, NS + sketch's Procrustes variant (channel identities and BN kept)."""
+def _straddle(ratios: list[float], alphas: tuple[float, ...]) -> str:
+    return "; ".join(f"α {a}: {sum(r <= a for r in ratios)} layers at or below, {sum(r > a for r in ratios)} above"
+                     for a in alphas)  # fmt: skip
+
+
+def _reinit(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fresh weights for the same architecture (the from-scratch control)."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return model
+
+
+def _starts(dense, graph, plans, cfg, study) -> dict[str, torch.nn.Module]:
+    """Every arm's starting point, compensated and recalibrated, before fine-tuning."""
     hub = detprune.plugins()
-    ns_plan = slimming.plan(dense, graph, PruneContext(ratio=cfg["ratio"], options={"shortcut": "shared"}))
-    sk_plan = slimming.plan(dense, graph, PruneContext(ratio=cfg["ratio"], options={"shortcut": "sketch"}))
-    ctx = PruneContext(graph=graph, train_loader=train, ratio=cfg["ratio"])
-    arms: dict[str, Any] = {"ns": graph.apply(dense, ns_plan), "ns+adabn": graph.apply(dense, ns_plan)}
-    adabn(arms["ns+adabn"], train, cfg["calib_batches"])
-    reports = {}
-    for name, options in (
-        ("ns+sketch", {}),
-        ("ns+sketch+adabn", {"recalibrate": "all"}),
-        ("ns+sketch-procrustes", {"variant": "procrustes"}),
-    ):
-        model = graph.apply(dense, sk_plan)
-        comp = hub.compensator("sketch", alpha=cfg["alpha"], calib_batches=cfg["calib_batches"], **options)
-        comp.compensate(dense, model, sk_plan, ctx)
-        arms[name], reports[name] = model, comp.report
-    return {"models": arms, "plans": {"ns": ns_plan, "ns+sketch": sk_plan}, "report": reports["ns+sketch"]}
+    ctx = PruneContext(graph=graph, train_loader=study.train, progress=False)
+    p2 = plans["p2"]
+    arms = {"ns@p1": graph.apply(dense, plans["p1"])}
+    arms["ns+adabn@p2"] = graph.apply(dense, p2)
+    adabn(arms["ns+adabn@p2"], study.train, cfg["calib_batches"], progress=False)
+    arms["ns+fold+adabn@p2"] = graph.apply(dense, p2)
+    hub.compensator("fold-beta").compensate(dense, arms["ns+fold+adabn@p2"], p2, ctx)
+    adabn(arms["ns+fold+adabn@p2"], study.train, cfg["calib_batches"], progress=False)
+    sketches = {f"ns+sketch({a})@p2": dict(alpha=a) for a in cfg["alphas"]}
+    sketches["procrustes@p2"] = dict(alpha=min(cfg["alphas"]), variant="procrustes", bn="fold")
+    sketches["filtersketch@p2"] = dict(alpha=0.0, variant="filtersketch")
+    for name, options in sketches.items():
+        model = graph.apply(dense, p2)
+        comp = hub.compensator("sketch", calib_batches=cfg["calib_batches"], recalibrate="all", **options)
+        comp.compensate(dense, model, p2, ctx)
+        arms[name] = model
+    return arms
 
 
-def _finetune(model, adapter, train, cfg, out: Path) -> None:
-    Trainer(
-        model,
-        adapter,
-        train,
-        None,
-        epochs=cfg["finetune_epochs"],
-        out_dir=out,
-        lr=cfg["finetune_lr"],
-        warmup_epochs=0,
-        progress=False,
-        seed=0,
-    ).fit()
-
-
-def run(quick: bool = True) -> list[dict]:
-    """Rows ``{"method": "ns+sketch", "baseline": "ns" | "ns+adabn", "metric", ...}``: before and after fine-tuning."""
-    cfg = QUICK if quick else FULL
+def run_seed(cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """One seed: the dense NS checkpoint, every arm before and after fine-tuning, the paired rows."""
     logging.getLogger("detprune").setLevel(logging.WARNING)
-    with bench_threads(cfg["threads"]):
-        t0 = time.perf_counter()
-        train_ds, test_ds, source = train_test(cfg)
-        hub = detprune.plugins()
-        adapter = hub.adapter("vgg16-cifar", width=cfg["width"])
-        train = make_loader(train_ds, cfg["batch"], train=True, seed=0)
-        test = make_loader(test_ds, 256, train=False)
+    study = Study(cfg, seed)
+    hub = detprune.plugins()
+    dense = study.build()
+    slimming = hub.pruner("slimming", s=cfg["s"])
+    slimming.attach(study.graph(dense))
+    study.fit(dense, cfg["epochs"], cfg["lr"], pruner=slimming)
+    graph = study.graph(dense)
+    plans = {k: slimming.plan(dense, graph, PruneContext(ratio=cfg[k], options={"shortcut": "shared"}))
+             for k in ("p1", "p2")}  # fmt: skip
+    arms = _starts(dense, graph, plans, cfg, study)
+    before = {name: study.top1(m) for name, m in arms.items()}
+    arms["scratch@p2"] = _reinit(graph.apply(dense, plans["p2"]), 10_000 + seed)
+    study.fit(arms["scratch@p2"], cfg["epochs"] + cfg["finetune_epochs"], cfg["lr"])
+    for name, model in arms.items():
+        if name != "scratch@p2":
+            study.fit(model, cfg["finetune_epochs"], cfg["finetune_lr"])
+    after = {name: study.top1(m) for name, m in arms.items()}
+    size = {name: params(m) for name, m in arms.items()}
 
-        def top1(m) -> float:
-            return evaluate_classifier(m, test, progress=False)["top1"]
-
-        torch.manual_seed(0)
-        dense = adapter.build()
-        graph = trace(dense, adapter.example_inputs(1), protected=tuple(adapter.protected(dense)))
-        slimming = hub.pruner("slimming", s=cfg["s"])
-        slimming.attach(graph)
-        with tempfile.TemporaryDirectory() as tmp:
-            Trainer(
-                dense,
-                adapter,
-                train,
-                None,
-                epochs=cfg["epochs"],
-                out_dir=Path(tmp) / "dense",
-                lr=cfg["lr"],
-                pruner=slimming,
-                progress=False,
-                seed=0,
-            ).fit()
-            dense.eval()
-            dense_top1, t_dense = top1(dense), time.perf_counter() - t0
-            dev = next(dense.parameters()).device  # the Trainer may have moved it to a GPU: re-trace there
-            graph = trace(
-                dense, tuple(x.to(dev) for x in adapter.example_inputs(1)), protected=tuple(adapter.protected(dense))
-            )
-            arms = _arms(dense, graph, slimming, cfg, train)
-            models = arms["models"]
-            before = {name: top1(m) for name, m in models.items()}
-            after = {}
-            for name in ("ns", "ns+sketch", "ns+sketch-procrustes"):
-                _finetune(models[name], adapter, train, cfg, Path(tmp) / f"ft-{name}")
-                after[name] = top1(models[name])
-        plans, report = arms["plans"], arms["report"]
-        params = {name: _params(models[name]) for name in ("ns", "ns+sketch")}
-        same = plans["ns"].kept.keys() == plans["ns+sketch"].kept.keys() and all(
-            torch.equal(plans["ns"].kept[g], plans["ns+sketch"].kept[g]) for g in plans["ns"].kept
-        )
-        meta = plans["ns"].meta
-        common = (
-            f"vgg16-cifar width {cfg['width']} on {source} ({len(train_ds)} train / {len(test_ds)} test); "
-            f"NS sparsity s={cfg['s']} for {cfg['epochs']} ep, dense top1 {dense_top1:.4f} "
-            f"({t_dense:.0f}s); ratio {cfg['ratio']} (achieved {meta['achieved_ratio']:.3f}, "
-            f"{len(meta['floor_hits'])} layer(s) at the floor); params ns {params['ns']:,} / ns+sketch "
-            f"{params['ns+sketch']:,} of {_params(dense):,} (same channels: {same}); "
-            f"sketch alpha {cfg['alpha']} rebased "
-            f"{len(report['rebased'])}/{len(report['groups'])} groups, BN {report['bn_statistics']}; "
-            f"fine-tune {cfg['finetune_epochs']} ep lr {cfg['finetune_lr']}; {time.perf_counter() - t0:.0f}s total"
-        )
-        before_ft, after_ft = (
-            f"top1 @{cfg['ratio']} before fine-tune",
-            f"top1 @{cfg['ratio']} after {cfg['finetune_epochs']} fine-tune ep",
-        )
-
-        def row(method: str, baseline: str, metric: str, values: dict[str, float]) -> dict[str, Any]:
-            return {
-                "method": method,
-                "baseline": baseline,
-                "metric": metric,
-                "method_value": round(values[method], 4),
-                "baseline_value": round(values[baseline], 4),
-                "notes": common,
-            }
-
-        return [
-            row("ns+sketch", "ns", before_ft, before),
-            row("ns+sketch", "ns", after_ft, after),
-            row(
-                "ns+sketch+adabn",
-                "ns+adabn",
-                f"{before_ft} (AdaBN on every BN, {cfg['calib_batches']} batches)",
-                before,
-            ),
-            row("ns+sketch-procrustes", "ns", before_ft, before),
-            row("ns+sketch-procrustes", "ns", after_ft, after),
-        ]
+    ratios = _layer_ratios(graph, plans["p2"])
+    notes = (f"{study.describe()}; NS s={cfg['s']} {cfg['epochs']} ep, dense top1 {study.top1(dense):.4f} "
+             f"({params(dense):,} params); p1 {cfg['p1']} -> {size['ns@p1']:,} params, p2 {cfg['p2']} -> "
+             f"{size['ns+adabn@p2']:,}; p2 layer ratios {min(ratios):.2f}..{max(ratios):.2f} "
+             f"({_straddle(ratios, cfg['alphas'])}); fine-tune {cfg['finetune_epochs']} ep lr {cfg['finetune_lr']}, "
+             f"AdaBN {cfg['calib_batches']} batches in every p2 arm")  # fmt: skip
+    ft = f"top1 after {cfg['finetune_epochs']} ft ep"
+    rows = []
+    for a in cfg["alphas"]:  # Table 2 as printed: NS+sketch at the higher ratio vs NS at the lower
+        name = f"ns+sketch({a})@p2"
+        rows.append(row(name, "ns@p1", f"Table 2: {ft}", after[name], after["ns@p1"], size[name], size["ns@p1"], notes))
+    rows.append(row("ns+adabn@p2", "ns@p1", f"Table 2 without the sketch: {ft}", after["ns+adabn@p2"],
+                    after["ns@p1"], size["ns+adabn@p2"], size["ns@p1"], notes))  # fmt: skip
+    control = "ns+adabn@p2"
+    arms_p2 = [*(f"ns+sketch({a})@p2" for a in cfg["alphas"]), "ns+fold+adabn@p2", "procrustes@p2", "filtersketch@p2"]
+    for name in arms_p2:
+        rows.append(row(name, control, "top1 before fine-tune", before[name], before[control], size[name],
+                        size[control], notes))  # fmt: skip
+    for name in [*arms_p2, "scratch@p2"]:
+        rows.append(row(name, control, ft, after[name], after[control], size[name], size[control], notes))
+    return rows
 
 
 if __name__ == "__main__":
-    from fidelity import method_main
+    from detprune.bench.fidelity.runner import method_main
 
     sys.exit(method_main("sketch"))
