@@ -1,15 +1,20 @@
 """What plugins that sample training images share: a seeded block (the same seed draws the same
-images, and the caller's random streams are left as they were) and the images of a loader batch."""
+images, and the caller's random streams are left as they were), the images of a loader batch, and
+the loop that feeds the first N of them to a model in eval mode."""
 
 from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from detprune.graph.capture import evaluating
 
 
 @contextlib.contextmanager
@@ -43,3 +48,37 @@ def batch_images(batch: Any, who: str, error: type[Exception] = ValueError) -> t
         f"{who}cannot find the images in a loader batch of type {type(batch).__name__}: "
         "expected (images, targets, ...), {'images': ...} or an image tensor"
     )
+
+
+def sampled_batches(
+    model: nn.Module,
+    loader: Iterable[Any],
+    images: int,
+    seed: int,
+    *,
+    who: str,
+    desc: str,
+    progress: bool = True,
+    dtype: torch.dtype | None = None,
+    error: type[Exception] = ValueError,
+) -> Iterator[torch.Tensor]:
+    """The first ``images`` images of ``loader`` as batches on the model's device (floating ones cast to
+    ``dtype`` when given), drawn with the RNGs seeded by ``seed`` and the model in eval mode: the caller
+    runs the model on each (its hooks record what they need). Empty batches are skipped."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    seen = 0
+    bar = tqdm(total=images, desc=desc, leave=False, disable=not progress)
+    try:
+        with seeded(seed), evaluating(model):
+            for batch in loader:
+                x = batch_images(batch, who, error)[: images - seen]
+                x = x.to(device=device, dtype=dtype if x.is_floating_point() else None)
+                if not len(x):
+                    continue
+                yield x
+                seen += x.shape[0]
+                bar.update(x.shape[0])
+                if seen >= images:
+                    break
+    finally:
+        bar.close()

@@ -27,15 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 import detprune
 from detprune.errors import DetpruneError
-from detprune.graph.capture import evaluating
 from detprune.plugin.context import PruneContext
 from detprune.plugin.protocols import Criterion
-from detprune_plugins.common.sampling import batch_images as _batch_images
-from detprune_plugins.common.sampling import seeded
+from detprune_plugins.common.sampling import sampled_batches
 
 #: consumers whose input channel axis we know how to read (dim 1 of a batched conv input, last of a Linear's)
 CONSUMERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
@@ -66,11 +63,6 @@ def _bool(crit: str, name: str, value: Any) -> bool:
 
 def _producers(group) -> str:
     return ", ".join(group.modules("out")) or "no producer"
-
-
-def batch_images(batch: Any) -> torch.Tensor:
-    """The image tensor of a loader batch (:func:`detprune_plugins.common.sampling.batch_images`)."""
-    return _batch_images(batch, "criterion 'apoz' ", DetpruneError)
 
 
 def _no_loader(group) -> DetpruneError:
@@ -200,30 +192,18 @@ class APoZ(Criterion):
         counters = [_ZeroCounter(n, model.get_submodule(n)) for n in names]
         handles = [c.module.register_forward_pre_hook(c) for c in counters]
         params = [p for p in model.parameters() if p.is_floating_point()]
-        device = params[0].device if params else torch.device("cpu")
-        dtype = params[0].dtype if params else None
         seed = ctx.seed if self.seed is None else self.seed
         seen = 0
-        bar = tqdm(
-            total=self.images,
-            desc=f"apoz: counting zeros at {len(counters)} layer(s)",
-            leave=False,
-            disable=not (self.progress and ctx.progress),
-        )
+        batches = sampled_batches(
+            model, loader, self.images, seed, who="criterion 'apoz' ", error=DetpruneError,
+            desc=f"apoz: counting zeros at {len(counters)} layer(s)", progress=self.progress and ctx.progress,
+            dtype=params[0].dtype if params else None,
+        )  # fmt: skip
         try:
-            with seeded(seed), evaluating(model):
-                for batch in loader:
-                    x = batch_images(batch)[: self.images - seen]
-                    x = x.to(device=device, dtype=dtype if x.is_floating_point() else None)
-                    if not len(x):
-                        continue
-                    model(x)
-                    seen += x.shape[0]
-                    bar.update(x.shape[0])
-                    if seen >= self.images:
-                        break
+            for x in batches:
+                model(x)
+                seen += x.shape[0]
         finally:
-            bar.close()
             for h in handles:
                 h.remove()
         if seen == 0:

@@ -30,12 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from detprune.errors import DetpruneError
-from detprune.graph.capture import evaluating
-from detprune_plugins.common.sampling import batch_images as _batch_images
-from detprune_plugins.common.sampling import seeded
+from detprune_plugins.common.sampling import sampled_batches
 
 SUPPORTED = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
 
@@ -199,11 +196,6 @@ class _Enough(BaseException):
     """Raised from a hook once every sampled consumer has run for this batch (skips the rest)."""
 
 
-def batch_images(batch: Any) -> torch.Tensor:
-    """The image tensor of a loader batch (:func:`detprune_plugins.common.sampling.batch_images`)."""
-    return _batch_images(batch, "", SamplingError)
-
-
 @torch.no_grad()
 def sample_consumers(
     model: nn.Module,
@@ -248,26 +240,20 @@ def sample_consumers(
 
         return hook
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     handles = [s.module.register_forward_hook(stopper(s)) for s in samplers.values()]
     seen = 0
-    bar = tqdm(total=images, desc=f"thinet: sampling {len(samplers)} layer(s)", leave=False, disable=not progress)
+    batches = sampled_batches(model, loader, images, seed, who="", error=SamplingError,
+                              desc=f"thinet: sampling {len(samplers)} layer(s)", progress=progress)  # fmt: skip
     try:
-        with seeded(seed), evaluating(model):
-            for batch in loader:
-                x = batch_images(batch)[: images - seen].to(device)
-                for s in samplers.values():
-                    s.calls = 0
-                with contextlib.suppress(_Enough):
-                    model(x)
-                if expected is None:
-                    expected = {n: s.calls for n, s in samplers.items()}
-                seen += x.shape[0]
-                bar.update(x.shape[0])
-                if seen >= images:
-                    break
+        for x in batches:
+            for s in samplers.values():
+                s.calls = 0
+            with contextlib.suppress(_Enough):
+                model(x)
+            if expected is None:
+                expected = {n: s.calls for n, s in samplers.items()}
+            seen += x.shape[0]
     finally:
-        bar.close()
         for h in handles:
             h.remove()
     if seen == 0:

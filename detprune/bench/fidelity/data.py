@@ -5,7 +5,7 @@ there (balanced subsets: the first files of each class), else 10 classes of synt
 gratings (learnable, not trivial). Everything is held in memory as tensors: the quick runs train
 for several epochs on a few thousand 32x32 images, so decoding JPEGs once pays for itself.
 
-    from detprune.bench.fidelity.data import CIFAR, cifar, synthetic, train_test, Flip
+    from detprune.bench.fidelity.data import CIFAR, bench_threads, cifar, synthetic, train_test
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from detprune.bench.paths import shared_data
 from detprune.data import build_dataset, load_card
@@ -51,20 +51,6 @@ def train_test(cfg: dict[str, Any]) -> tuple[TensorDataset, TensorDataset, str]:
     if CIFAR.is_dir():
         return cifar("train", cfg["n_train"]), cifar("test", cfg["n_test"]), "cifar10-sample"
     return synthetic(cfg["n_train"] or 5000, 1), synthetic(cfg["n_test"] or 2000, 2), "synthetic gratings"
-
-
-class Flip(Dataset):
-    """Random horizontal flips (the CIFAR recipe's cheapest augmentation) over an in-memory set."""
-
-    def __init__(self, base: TensorDataset):
-        self.base = base
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, i: int):
-        image, label = self.base[i]
-        return (image.flip(-1) if torch.rand(()) < 0.5 else image), label
 
 
 @contextlib.contextmanager

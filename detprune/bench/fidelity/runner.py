@@ -115,16 +115,11 @@ def check_rows(name: str, rows: Any) -> list[dict[str, Any]]:
 
 def _job(name: str, cfg: dict[str, Any], seed: int) -> tuple[list[dict[str, Any]], float]:
     """One (method, seed) run, in this process or a worker: its rows and seconds."""
-    import torch
+    from detprune.bench.fidelity.data import bench_threads  # torch and the datasets: not at CLI start-up
 
-    before = torch.get_num_threads()
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
     t0 = time.perf_counter()
-    try:
+    with bench_threads(cfg.get("threads")):
         rows = check_rows(name, load_method(name).run_seed(dict(cfg), seed))
-    finally:
-        torch.set_num_threads(before)
     return rows, time.perf_counter() - t0
 
 
