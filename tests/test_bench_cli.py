@@ -3,6 +3,7 @@ pass-through commands, the missing-checkout error, and one real method end to en
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -335,11 +336,16 @@ def test_seed_tables_vgg16_runs_table_2_with_its_control_on_a_tiny_config(tmp_pa
     for item in tiny:
         argv += ["--set", f"vgg16.{item}"]
     assert st.main(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     rows = {r["method"]: r for r in json.loads(out[: out.rindex("]") + 1])}
     assert list(rows)[:6] == ["dense", "NS", "NS@p2 sketch widths, no compensator", "NS+sketch a=0.2",
                               "NS+sketch a=0.5", "NS+sketch procrustes a=0.3"]  # fmt: skip
-    assert list(rows)[6].startswith("Torch-Pruning BNScale")
+    if importlib.util.find_spec("torch_pruning") is None:  # the peer is a bench extra, absent in a dev install
+        assert len(rows) == 6
+        assert "[vgg16] Torch-Pruning row skipped: torch-pruning is not installed" in captured.err
+    else:
+        assert list(rows)[6].startswith("Torch-Pruning BNScale")
     control = rows["NS@p2 sketch widths, no compensator"]
     assert control["params"] == rows["NS+sketch a=0.2"]["params"] < rows["NS"]["params"] < rows["dense"]["params"]
     assert (control["paper_params"], rows["NS"]["paper_params"]) == ("-", "0.84M")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -343,7 +344,11 @@ def run_study(study: Study, out: Path, device: str | None, retrain: bool) -> lis
         (r for r in rows if r["method"] == "NS+sketch a=0.3"),
         next(r for r in rows if r["method"].startswith("NS+sketch")),
     )
-    rows.append(torch_pruning_row(study, weights, target["params"], out, device))
+    if importlib.util.find_spec("torch_pruning") is None:
+        print(f"[{study.name}] Torch-Pruning row skipped: torch-pruning is not installed "
+              "(pip install 'detprune[bench]')", file=sys.stderr)  # fmt: skip
+    else:
+        rows.append(torch_pruning_row(study, weights, target["params"], out, device))
     return rows
 
 
