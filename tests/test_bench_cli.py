@@ -286,6 +286,43 @@ def test_sketch_study_runs_end_to_end_on_a_tiny_config_in_two_processes(capsys):
     assert before == sketch.QUICK  # the overrides did not stick
 
 
+TINY_OTHERS = {
+    "thinet": ["n_train=200", "n_test=100", "epochs=1", "width=0.0625", "images=16", "finetune_epochs=1",
+               "seeds=1"],
+    "mfp": ["n_train=240", "n_test=100", "holdout=40", "epochs=1", "width=0.0625", "soft_epochs=2",
+            "soft_train=64", "meta_batches=1", "seeds=1"],
+    "autoslim": ["n_train=240", "n_test=100", "holdout=64", "epochs=1", "retrain_epochs=1", "width=0.0625",
+                 "score_batches=1", "calib_batches=1", "seeds=1"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", list(TINY_OTHERS))
+def test_thinet_mfp_and_autoslim_studies_run_end_to_end_on_a_tiny_config(method, capsys):
+    """The real studies, one seed in this process: each row pairs the method with its baseline at equal
+    parameters (ThiNet, MFP) or within a channel's FLOPs of the budget (AutoSlim)."""
+    argv = ["bench", "fidelity", "--quick", "--json", "--methods", method, "--no-progress", "--jobs", "1"]
+    for item in TINY_OTHERS[method]:
+        argv += ["--set", f"{method}.{item}"]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["errors"] == {}
+    rows = result["rows"]
+    assert rows and all(r["seeds"] == 1 and r["verdict"] == "unresolved" for r in rows)  # one seed decides nothing
+    if method == "thinet":
+        assert {r["baseline"] for r in rows} == {"l1", "random", "apoz"}
+        assert all(r["method_params"] == r["baseline_params"] for r in rows)
+    elif method == "mfp":
+        assert {(r["method"], r["baseline"]) for r in rows} >= {("mfp(mask_bn)", "l2(mask_bn)"),
+                                                                 ("mfp(mask_bn)", "mfp(no mask_bn)")}  # fmt: skip
+        assert all("40 held out of training" in r["notes"] and "never test" in r["notes"] for r in rows)
+    else:
+        assert [r["method"] for r in rows] == ["autoslim@1x", "autoslim@0.75x", "autoslim@0.5x"]
+        for r in rows:
+            ratio = float(r["notes"].split(" of the budget")[-2].rsplit("= ", 1)[1])
+            assert 0.97 <= ratio <= 1.0 and "filled by single channels" in r["notes"]
+
+
 @pytest.mark.slow
 def test_full_quick_run_covers_all_four_methods(capsys):
     code, out, err = _run(capsys, "bench", "fidelity", "--quick", "--json", "--no-progress")

@@ -19,6 +19,7 @@ import detprune
 from detprune.bench.fidelity.data import train_test
 from detprune.eval.evaluate import evaluate_classifier
 from detprune.graph import trace
+from detprune.plugin.context import split_holdout
 from detprune.training.distributed import make_loader
 from detprune.training.trainer import Trainer
 
@@ -31,9 +32,9 @@ class Study:
     def __init__(self, cfg: dict[str, Any], seed: int, holdout: int = 0):
         self.cfg, self.seed = cfg, seed
         train_ds, self.test_ds, self.source = train_test(cfg)
-        order = torch.randperm(len(train_ds), generator=torch.Generator().manual_seed(1000 + seed)).tolist()
-        self.holdout_ds = Subset(train_ds, order[:holdout]) if holdout else None
-        self.train_ds = Subset(train_ds, order[holdout:]) if holdout else train_ds
+        self.train_ds, self.holdout_ds = train_ds, None
+        if holdout:  # the product's own rule (the pipeline's --holdout, MFP's carve-out), drawn per seed
+            self.train_ds, self.holdout_ds = split_holdout(train_ds, holdout / len(train_ds), seed=1000 + seed)
         self.adapter = detprune.plugins().adapter("vgg16-cifar", width=cfg["width"])
         self.train = make_loader(self.train_ds, cfg["batch"], train=True, seed=seed)
         self.holdout = make_loader(self.holdout_ds, cfg["batch"], train=False) if holdout else None

@@ -39,7 +39,7 @@ from detprune_plugins.mfp.pruner import DEFAULT_CRITERIA, MFP
 QUICK = dict(width=0.125, n_train=2250, n_test=None, holdout=250, epochs=4, lr=0.05, batch=64, soft_epochs=15,
              soft_train=256, soft_lr=0.01, ratio=0.3, criteria=DEFAULT_CRITERIA, baselines=("l2", "cosine"),
              mask_bn=(True, False), meta_batches=2, seeds=3, threads=1)  # fmt: skip
-FULL = dict(width=0.25, n_train=None, n_test=None, holdout=500, epochs=30, lr=0.1, batch=64, soft_epochs=20,
+FULL = dict(width=0.125, n_train=None, n_test=None, holdout=500, epochs=20, lr=0.1, batch=64, soft_epochs=20,
             soft_train=1024, soft_lr=0.01, ratio=0.4, criteria=DEFAULT_CRITERIA, baselines=DEFAULT_CRITERIA,
             mask_bn=(True, False), meta_batches=4, seeds=3, threads=None)  # fmt: skip
 

@@ -39,7 +39,7 @@ from detprune_plugins.sketch.bn import adabn
 
 QUICK = dict(width=0.125, n_train=2500, n_test=None, epochs=10, s=5e-3, lr=0.1, batch=64, p1=0.55, p2=0.65,
              alphas=(0.2, 0.5), calib_batches=10, finetune_epochs=3, finetune_lr=0.01, seeds=3, threads=1)  # fmt: skip
-FULL = dict(width=0.25, n_train=None, n_test=None, epochs=30, s=2e-3, lr=0.1, batch=64, p1=0.55, p2=0.65,
+FULL = dict(width=0.125, n_train=None, n_test=None, epochs=30, s=5e-3, lr=0.1, batch=64, p1=0.55, p2=0.65,
             alphas=(0.2, 0.5), calib_batches=20, finetune_epochs=10, finetune_lr=0.01, seeds=3,
             threads=None)  # fmt: skip
 

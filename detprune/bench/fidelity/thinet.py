@@ -36,8 +36,8 @@ from detprune.plugin.context import PruneContext
 QUICK = dict(width=0.125, n_train=2500, n_test=None, epochs=10, lr=0.1, batch=64, ratios=(0.2, 0.5), ratio=0.5,
              images=128, finetune_epochs=2, finetune_lr=0.01, finetune=("thinet", "thinet+lsq", "l1", "random"),
              seeds=3, threads=1)  # fmt: skip
-FULL = dict(width=0.25, n_train=None, n_test=None, epochs=30, lr=0.1, batch=64, ratios=(0.2, 0.3, 0.5), ratio=0.5,
-            images=512, finetune_epochs=10, finetune_lr=0.01, finetune=("thinet", "thinet+lsq", "l1", "random"),
+FULL = dict(width=0.125, n_train=None, n_test=None, epochs=30, lr=0.1, batch=64, ratios=(0.2, 0.3, 0.5), ratio=0.5,
+            images=256, finetune_epochs=10, finetune_lr=0.01, finetune=("thinet", "thinet+lsq", "l1", "random"),
             seeds=3, threads=None)  # fmt: skip
 BASELINES = ("l1", "random", "apoz")
 
