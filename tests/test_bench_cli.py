@@ -11,6 +11,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 import detprune
 from detprune.bench import seed_tables as st
@@ -388,3 +389,22 @@ def test_seed_tables_vgg16_runs_table_2_with_its_control_on_a_tiny_config(tmp_pa
     assert (control["paper_params"], rows["NS"]["paper_params"]) == ("-", "0.84M")
     assert (rows["NS+sketch a=0.2"]["paper_metric"], rows["NS+sketch a=0.5"]["paper_metric"]) == ("93.4 %", "93.2 %")
     assert (tmp_path / "seed_tables.json").is_file()
+
+
+@pytest.mark.skipif(not (st.SHARED / "cifar10-sample").is_dir(), reason="needs ../shared/data/cifar10-sample")
+def test_seed_tables_dense_training_resumes_after_an_interruption(tmp_path, capsys):
+    """An interrupted sparsity training (last.pt written, the dense file not yet) continues on the next
+    run instead of stopping with "already holds a run"; a finished one is not trained again."""
+    from dataclasses import replace
+
+    study = next(s for s in st.studies(quick=True, yolo_data="synthetic") if s.name == "vgg16")
+    study = replace(study, dense_epochs=1, train_limit=64, val_limit=64, width=0.0625)
+    first = st.dense_model(study, tmp_path, "cpu", retrain=False)
+    weights = torch.load(first, weights_only=True)["model"]
+    first.unlink()  # as if the run had stopped between the last epoch and writing the dense file
+    again = st.dense_model(study, tmp_path, "cpu", retrain=False)
+    assert f"sparsity training resuming {tmp_path / 'vgg16' / f'train-dense-{st.dense_key(study)}' / 'last.pt'}" in (
+        capsys.readouterr().err
+    )
+    resumed = torch.load(again, weights_only=True)["model"]
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)

@@ -38,6 +38,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -181,27 +182,26 @@ def dense_model(study: Study, out: Path, device: str | None, retrain: bool) -> P
     """The sparsity-trained dense model of a study (``{"model": state_dict}``), reused when present."""
     if _is_the_demo(study):  # the demo's own dense model: share its cache
         return demo.dense_model(demo.FULL, default_card(), study.model_args, device, retrain, False, None)[0]
-    path = out / study.name / f"dense-{dense_key(study)}.pt"  # a changed study trains a new one
+    key = dense_key(study)
+    path = out / study.name / f"dense-{key}.pt"  # a changed study trains a new one
     if path.is_file() and not retrain:
         print(f"[{study.name}] reusing {path}", file=sys.stderr)
         return path
+    folder = out / study.name / f"train-dense-{key}"
+    resume = (folder / "last.pt").is_file() and not retrain  # an interrupted run continues where it stopped
+    if retrain and folder.exists():
+        shutil.rmtree(folder)
     cfg = _pipeline_config(study, out / study.name / "dense", device, epochs_dense=study.dense_epochs)
     data, adapter, model = _data_and_model(cfg)
     pruner = detprune.plugins().pruner("slimming", s=study.sparsity)
     pruner.attach(trace(model, adapter.example_inputs(1), protected=tuple(adapter.protected(model))))
+    how = f"resuming {folder / 'last.pt'}" if resume else "from scratch"
     print(
-        f"[{study.name}] sparsity training from scratch: {study.dense_epochs} epochs, s={study.sparsity}",
+        f"[{study.name}] sparsity training {how}: {study.dense_epochs} epochs, s={study.sparsity}",
         file=sys.stderr,
     )
     model, _ = train(
-        model,
-        adapter,
-        data,
-        cfg,
-        study.dense_epochs,
-        out / study.name / "train-dense",
-        resolve_device(device),
-        pruner=pruner,
+        model, adapter, data, cfg, study.dense_epochs, folder, resolve_device(device), pruner=pruner, resume=resume
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict()}, path)

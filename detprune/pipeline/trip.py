@@ -309,8 +309,10 @@ def train(
     device: torch.device,
     pruner: Any = None,
     lr: float | None = None,
+    resume: bool = False,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """``epochs`` of the Trainer on the model as it is (never rebuilt); callbacks from ``pruner``."""
+    """``epochs`` of the Trainer on the model as it is (never rebuilt); callbacks from ``pruner``;
+    ``resume`` continues ``out_dir/last.pt``."""
     if data.train_loader is None:
         raise DetpruneError("training needs a training split")
     base_lr = cfg.lr if cfg.lr is not None else (0.01 if cfg.optimizer == "sgd" else 0.001)
@@ -336,7 +338,7 @@ def train(
         meta={"model": cfg.model, "adapter_args": adapter.args},
         **options,
     )
-    result = trainer.fit()
+    result = trainer.fit(resume=resume)
     return result.model, {"epochs": epochs, "lr": options["lr"], "history": result.history, "folder": str(out_dir)}
 
 
