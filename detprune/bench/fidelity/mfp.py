@@ -19,7 +19,8 @@ every arm once per ``mask_bn`` mode (on: BN γ, β zeroed with the filters, mask
 original filter-only mask). Each is hard-pruned by its own plan and scored on every test image
 without fine-tuning (SFP's protocol). Soft pruning trains on ``soft_train`` of the training images per
 epoch (None: all of them): 15+ epochs must fit the budget, one quick seed ~1 minute on one thread of a
-2-core CPU (2 minutes when the machine is shared), a full seed ~17 minutes (estimated from the quick one).
+2-core CPU (2 minutes when the machine is shared), a full seed ~11 minutes (estimated from the quick
+one, not measured).
 
     python -m detprune.bench.fidelity.mfp [--full] [--json]
 """
