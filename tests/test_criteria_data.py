@@ -204,6 +204,9 @@ def test_apoz_without_a_training_loader_names_the_group():
     g = _group(graph, "conv2")
     with pytest.raises(DetpruneError, match=r"\(producers: conv2\): .*no training loader was given"):
         APoZ().score(model, g, PruneContext(graph=graph))
+    empty = r"^criterion 'apoz': the training loader gave no images to count zeros on$"
+    with pytest.raises(DetpruneError, match=empty):
+        APoZ().score(model, g, PruneContext(train_loader=[], graph=graph, progress=False))
 
 
 def test_apoz_group_without_consumer_is_an_error():

@@ -58,13 +58,15 @@ def sampled_batches(
     *,
     who: str,
     desc: str,
+    empty: str,
     progress: bool = True,
     dtype: torch.dtype | None = None,
     error: type[Exception] = ValueError,
 ) -> Iterator[torch.Tensor]:
     """The first ``images`` images of ``loader`` as batches on the model's device (floating ones cast to
     ``dtype`` when given), drawn with the RNGs seeded by ``seed`` and the model in eval mode: the caller
-    runs the model on each (its hooks record what they need). Empty batches are skipped."""
+    runs the model on each (its hooks record what they need). Empty batches are skipped; a loader that
+    gives no image at all raises ``error(empty)``."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     seen = 0
     bar = tqdm(total=images, desc=desc, leave=False, disable=not progress)
@@ -82,3 +84,5 @@ def sampled_batches(
                     break
     finally:
         bar.close()
+    if seen == 0:
+        raise error(empty)

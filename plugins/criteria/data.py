@@ -193,21 +193,18 @@ class APoZ(Criterion):
         handles = [c.module.register_forward_pre_hook(c) for c in counters]
         params = [p for p in model.parameters() if p.is_floating_point()]
         seed = ctx.seed if self.seed is None else self.seed
-        seen = 0
         batches = sampled_batches(
             model, loader, self.images, seed, who="criterion 'apoz' ", error=DetpruneError,
             desc=f"apoz: counting zeros at {len(counters)} layer(s)", progress=self.progress and ctx.progress,
             dtype=params[0].dtype if params else None,
+            empty="criterion 'apoz': the training loader gave no images to count zeros on",
         )  # fmt: skip
         try:
             for x in batches:
                 model(x)
-                seen += x.shape[0]
         finally:
             for h in handles:
                 h.remove()
-        if seen == 0:
-            raise DetpruneError("criterion 'apoz': the training loader gave no images to count zeros on")
         assert self.zero_fraction is not None
         for c in counters:
             self._hooked.add(c.name)

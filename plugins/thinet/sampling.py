@@ -241,9 +241,9 @@ def sample_consumers(
         return hook
 
     handles = [s.module.register_forward_hook(stopper(s)) for s in samplers.values()]
-    seen = 0
     batches = sampled_batches(model, loader, images, seed, who="", error=SamplingError,
-                              desc=f"thinet: sampling {len(samplers)} layer(s)", progress=progress)  # fmt: skip
+                              desc=f"thinet: sampling {len(samplers)} layer(s)", progress=progress,
+                              empty="ThiNet's training loader gave no images to sample")  # fmt: skip
     try:
         for x in batches:
             for s in samplers.values():
@@ -252,10 +252,7 @@ def sample_consumers(
                 model(x)
             if expected is None:
                 expected = {n: s.calls for n, s in samplers.items()}
-            seen += x.shape[0]
     finally:
         for h in handles:
             h.remove()
-    if seen == 0:
-        raise SamplingError("ThiNet's training loader gave no images to sample")
     return {n: s.result() for n, s in samplers.items()}

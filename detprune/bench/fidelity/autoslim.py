@@ -79,13 +79,17 @@ def _fresh(arch: tuple[int, ...], seed: int, num_classes: int) -> torch.nn.Modul
     return VGGCifar(tuple(v if v == "M" else next(it) for v in VGG16_CFG), num_classes)
 
 
+def _conv_outputs(supernet: torch.nn.Module, graph) -> list[tuple[int, np.ndarray]]:
+    """Per conv of the supernet, in order: its channel group and its output channel slots."""
+    names = [n for n, m in supernet.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    outs = [np.asarray(graph.records[n].out) for n in names]
+    return [(int(graph.group_of[out[0]]), out) for out in outs]
+
+
 def _first_k(supernet: torch.nn.Module, graph, arch: tuple[int, ...]) -> PruningPlan:
     """The plan keeping the first ``arch[i]`` channels of the supernet's i-th conv (slimmable first-k order)."""
-    names = [n for n, m in supernet.named_modules() if isinstance(m, torch.nn.Conv2d)]
     kept = {}
-    for name, k in zip(names, arch):
-        out = np.asarray(graph.records[name].out)
-        gid = int(graph.group_of[out[0]])
+    for (gid, out), k in zip(_conv_outputs(supernet, graph), arch):
         if k < len(out):
             kept[gid] = torch.as_tensor(np.sort(graph.chan_of[out[:k]]), dtype=torch.long)
     return PruningPlan(kept)
@@ -168,8 +172,7 @@ def run_seed(cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
         greedy = {m: found_config(search, target[m]) for m in mults}
         found = {m: _top_up(slim, fraction, scorer, greedy[m], target[m]) if cfg["top_up"] else greedy[m]
                  for m in mults}  # fmt: skip
-        conv_names = [n for n, mod in supernet.named_modules() if isinstance(mod, torch.nn.Conv2d)]
-        layer_of = {int(graph.group_of[graph.records[n].out[0]]): i for i, n in enumerate(conv_names)}
+        layer_of = {gid: i for i, (gid, _) in enumerate(_conv_outputs(supernet, graph))}
         order = {m: _fill_order(slim, scorer, found[m], layer_of) if cfg["fill"] else [] for m in mults}
     finally:
         load_bn_state(supernet, saved)
@@ -194,7 +197,7 @@ def run_seed(cfg: dict[str, Any], seed: int) -> list[dict[str, Any]]:
                  f"{cfg['width']} = {budget[m] / 1e6:.3f} MFLOPs ({target[m]:.4f} of the supernet); greedy "
                  f"{fraction(greedy[m]) * flops.dense / budget[m]:.4f} of it"
                  + (f", topped up {fraction(found[m]) * flops.dense / budget[m]:.4f}" if cfg["top_up"] else "")
-                 + (f", filled by single channels {_flops(arch[m]) / budget[m]:.4f}" if cfg["fill"] else "")
+                 + (f", filled by single channels {ratio:.4f}" if cfg["fill"] else "")
                  + f"; found {got / 1e6:.3f} MFLOPs = {ratio:.4f} of the budget"
                  + ("" if ratio >= 0.99 else " (NOT within 1 %)")
                  + f"; channels found {list(arch[m])} vs uniform {list(uniform[m])}; both retrained from scratch "
